@@ -1,0 +1,249 @@
+"""Causal time-series operators over (T, N) panels, compiled once with numba.
+
+pandas computes EWMs and rolling moments column by column with Python-level
+overhead per column, and a vectorised numpy version is bound by memory
+traffic (every intermediate is a fresh T x N array). These kernels walk each
+asset's history once, keep the running state in registers, and run assets in
+parallel. They reproduce pandas' definitions:
+
+* `ewm_mean`: ``DataFrame.ewm(halflife=h).mean()`` (``adjust=True``,
+  ``ignore_na=False``).
+* `ewm_mean_std`: the same mean and ``DataFrame.ewm(...).std()``
+  (``bias=False``, ``min_periods``), with pandas' online weighted update.
+* `rolling_std`: ``DataFrame.rolling(w).std()`` (``ddof=1``, full windows
+  only), from sums re-anchored every window so rounding cannot accumulate.
+
+Inputs may hold NaN before an asset starts and after it ends (the price
+panel contract). Compiled code is cached beside the module on first use.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = [
+    "decay_from_halflife",
+    "decay_from_span",
+    "ewm_mean",
+    "ewm_mean_1d",
+    "ewm_mean_std",
+    "ewm_mean_std_1d",
+    "ewm_std",
+    "rolling_std",
+    "rolling_std_1d",
+]
+
+
+def decay_from_halflife(halflife: float) -> float:
+    """Weight ratio between consecutive observations, ``1 - alpha = 0.5 ** (1 / halflife)``."""
+    if halflife <= 0:
+        raise ValueError(f"`halflife` must be positive, got {halflife}")
+    return float(0.5 ** (1.0 / halflife))
+
+
+def decay_from_span(span: float) -> float:
+    """``1 - alpha`` with ``alpha = 2 / (span + 1)``."""
+    if span < 1:
+        raise ValueError(f"`span` must be at least 1, got {span}")
+    return 1.0 - 2.0 / (span + 1.0)
+
+
+def _as_panel(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (dates, assets), got shape {x.shape}")
+    return x
+
+
+# One-series recursions. The panel kernels below run them over every column in
+# parallel, and `momentum.features` calls them inside its fused per-asset kernel,
+# so each recursion is written once.
+
+
+@numba.njit(cache=True)
+def ewm_mean_1d(x: np.ndarray, decay: float, out: np.ndarray) -> None:  # pragma: no cover
+    """Adjusted EWM mean of one series into ``out`` (NaN before the first value)."""
+    mean, weight = np.nan, 0.0
+    for t in range(x.size):
+        value = x[t]
+        weight *= decay
+        if value == value:
+            # mean form of the adjusted EWM: W_t = d W_{t-1} + 1,
+            # m_t = m_{t-1} + (x_t - m_{t-1}) / W_t; exact at the start
+            weight += 1.0
+            mean = value if weight == 1.0 else mean + (value - mean) / weight
+        out[t] = mean
+
+
+@numba.njit(cache=True)
+def ewm_mean_std_1d(
+    x: np.ndarray, decay: float, min_periods: int, mean_out: np.ndarray, std_out: np.ndarray
+) -> None:  # pragma: no cover
+    """Adjusted EWM mean and bias-corrected EWM std of one series."""
+    mean, var = np.nan, 0.0
+    sum_w, sum_w2, count = 0.0, 0.0, 0
+    for t in range(x.size):
+        value = x[t]
+        sum_w *= decay
+        sum_w2 *= decay * decay
+        if value == value:
+            count += 1
+            if count == 1:
+                mean = value
+            else:
+                # the new point enters with weight 1 against the decayed
+                # weight of the past (the online update pandas uses)
+                new_mean = (sum_w * mean + value) / (sum_w + 1.0)
+                shift = mean - new_mean
+                var = (sum_w * (var + shift * shift) + (value - new_mean) ** 2) / (sum_w + 1.0)
+                mean = new_mean
+            sum_w += 1.0
+            sum_w2 += 1.0
+        mean_out[t] = mean
+        denom = sum_w * sum_w - sum_w2
+        if count >= min_periods and count >= 2 and denom > 0.0:
+            # unbiased weighted variance: V * W^2 / (W^2 - sum w^2)
+            std_out[t] = np.sqrt(max(var * sum_w * sum_w / denom, 0.0))
+        else:
+            std_out[t] = np.nan
+
+
+@numba.njit(cache=True)
+def rolling_std_1d(x: np.ndarray, window: int, out: np.ndarray) -> None:  # pragma: no cover
+    """Sample std over the last ``window`` values of one series (NaN unless all observed)."""
+    # sums of (x - anchor) over the window; re-anchored and recomputed exactly
+    # every `window` rows so rounding cannot pile up
+    anchor, s1, s2 = 0.0, 0.0, 0.0
+    run = 0  # consecutive observed rows ending at t
+    for t in range(x.size):
+        value = x[t]
+        out[t] = np.nan
+        if value != value:
+            run = 0
+            continue
+        run += 1
+        if run == 1 or (run >= window and (t - window + 1) % window == 0):
+            first = t - min(run, window) + 1
+            anchor, s1, s2 = x[first], 0.0, 0.0
+            for u in range(first, t + 1):
+                dev = x[u] - anchor
+                s1 += dev
+                s2 += dev * dev
+        else:
+            dev = value - anchor
+            s1 += dev
+            s2 += dev * dev
+            if run > window:
+                old = x[t - window] - anchor
+                s1 -= old
+                s2 -= old * old
+        if run >= window:
+            out[t] = np.sqrt(max((s2 - s1 * s1 / window) / (window - 1), 0.0))
+
+
+@numba.njit(parallel=True, cache=True)
+def _ewm_mean_kernel(x: np.ndarray, decays: np.ndarray) -> np.ndarray:  # pragma: no cover
+    out = np.empty((decays.size, x.shape[1], x.shape[0]))  # (decay, asset, time)
+    for j in numba.prange(x.shape[1]):
+        column = np.ascontiguousarray(x[:, j])
+        for k in range(decays.size):
+            ewm_mean_1d(column, decays[k], out[k, j])
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _ewm_mean_std_kernel(
+    x: np.ndarray, decay: float, min_periods: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    means = np.empty((x.shape[1], x.shape[0]))  # (asset, time)
+    stds = np.empty((x.shape[1], x.shape[0]))
+    for j in numba.prange(x.shape[1]):
+        ewm_mean_std_1d(np.ascontiguousarray(x[:, j]), decay, min_periods, means[j], stds[j])
+    return means, stds
+
+
+@numba.njit(parallel=True, cache=True)
+def _rolling_std_kernel(x: np.ndarray, window: int) -> np.ndarray:  # pragma: no cover
+    out = np.empty((x.shape[1], x.shape[0]))  # (asset, time)
+    for j in numba.prange(x.shape[1]):
+        rolling_std_1d(np.ascontiguousarray(x[:, j]), window, out[j])
+    return out
+
+
+def ewm_mean(x: np.ndarray, decays: np.ndarray | list[float]) -> np.ndarray:
+    """Adjusted exponentially weighted means for several decay rates at once.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N)
+    decays : array-like, shape (K,)
+        ``1 - alpha`` for each EWM.
+
+    Returns
+    -------
+    ndarray, shape (K, T, N)
+        ``sum_i d^(t-i) x_i / sum_i d^(t-i)`` over observed ``i <= t``; NaN
+        before an asset's first observation, the last mean carried over NaN.
+    """
+    x = _as_panel(x, "x")
+    d = np.ascontiguousarray(decays, dtype=np.float64).reshape(-1)
+    if ((d <= 0) | (d >= 1)).any():
+        raise ValueError(f"`decays` must lie in (0, 1), got {d.tolist()}")
+    return np.ascontiguousarray(_ewm_mean_kernel(x, d).transpose(0, 2, 1))
+
+
+def ewm_mean_std(
+    x: np.ndarray, decay: float, min_periods: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adjusted EWM mean and bias-corrected EWM standard deviation, one pass.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N)
+    decay : float
+        ``1 - alpha``.
+    min_periods : int
+        Observations needed before a std is returned.
+
+    Returns
+    -------
+    mean, std : ndarray, shape (T, N)
+        pandas' ``ewm(...).mean()`` and ``ewm(...).std()``: with weights
+        ``w_i = d^(t-i)``, ``W = sum w``, the weighted variance ``V`` times
+        ``W^2 / (W^2 - sum w^2)``; NaN with fewer than two observations or
+        fewer than ``min_periods``.
+    """
+    x = _as_panel(x, "x")
+    if min_periods < 0:
+        raise ValueError(f"`min_periods` must be non-negative, got {min_periods}")
+    if not 0 < decay < 1:
+        raise ValueError(f"`decay` must lie in (0, 1), got {decay}")
+    mean, std = _ewm_mean_std_kernel(x, float(decay), int(min_periods))
+    return np.ascontiguousarray(mean.T), np.ascontiguousarray(std.T)
+
+
+def ewm_std(x: np.ndarray, decay: float, min_periods: int = 0) -> np.ndarray:
+    """Bias-corrected EWM standard deviation (pandas' ``ewm(...).std()``); see `ewm_mean_std`."""
+    return ewm_mean_std(x, decay, min_periods)[1]
+
+
+def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
+    """Sample standard deviation over the last ``window`` rows.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N)
+    window : int
+        At least 2; a value needs ``window`` consecutive observations.
+
+    Returns
+    -------
+    ndarray, shape (T, N)
+        ``std(x[t - window + 1 : t + 1], ddof=1)``; NaN where the window is
+        not fully observed.
+    """
+    x = _as_panel(x, "x")
+    if window < 2:
+        raise ValueError(f"`window` must be at least 2, got {window}")
+    return np.ascontiguousarray(_rolling_std_kernel(x, int(window)).T)
