@@ -1,0 +1,106 @@
+"""Time splits for expanding-window backtests (skfolio's WalkForward, qlib's ROLL_EX).
+
+Every window trains on all data from the first date up to its test block,
+holds out the last ``valid_fraction`` of that training block for early
+stopping and model selection, and predicts the test block. The papers use a
+first training block 1990-1995 and test blocks of 5 years (DMN, STMOM); the
+Momentum Transformer retrains every year (``step_years=1``).
+
+Rows are positions on the date axis. Training and validation rows are
+*decision rows whose labels stay inside their block* (`label_rows`), so no
+label of a training row is the return of a validation or test date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from training.datasets import label_rows
+
+__all__ = ["ExpandingWindow", "Window"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One expanding window: row arrays and the test block's calendar span."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp  # last test date (inclusive)
+
+    @property
+    def name(self) -> str:
+        """Stable identifier, e.g. ``"1995"`` (the first test year)."""
+        return str(self.test_start.year)
+
+
+@dataclass(frozen=True)
+class ExpandingWindow:
+    """Expanding training block, fixed-length test blocks.
+
+    Parameters
+    ----------
+    first_test_year : int
+        First year of the first test block (1995 in the papers).
+    step_years : int
+        Length of each test block in years (5; 1 for the Momentum Transformer).
+    end_year : int, optional
+        Last year tested (inclusive); default the last year of the data.
+    start_year : int, optional
+        Data before this year is not used for training; default all data.
+    valid_fraction : float
+        Share of each training block (its end) kept for validation.
+    """
+
+    first_test_year: int = 1995
+    step_years: int = 5
+    end_year: int | None = None
+    start_year: int | None = None
+    valid_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.step_years < 1:
+            raise ValueError(f"`step_years` must be at least 1, got {self.step_years}")
+        if not 0 < self.valid_fraction < 1:
+            raise ValueError(f"`valid_fraction` must be in (0, 1), got {self.valid_fraction}")
+        if self.start_year is not None and self.start_year >= self.first_test_year:
+            raise ValueError(
+                f"`start_year` ({self.start_year}) must precede `first_test_year` "
+                f"({self.first_test_year})"
+            )
+        if self.end_year is not None and self.end_year < self.first_test_year:
+            raise ValueError(
+                f"`end_year` ({self.end_year}) is before `first_test_year` ({self.first_test_year})"
+            )
+
+    def split(self, dates: pd.DatetimeIndex) -> Iterator[Window]:
+        """Yield the windows over `dates` in time order."""
+        dates = pd.DatetimeIndex(dates)
+        years = dates.year.to_numpy()
+        last_year = int(years.max()) if self.end_year is None else self.end_year
+        first_row = 0 if self.start_year is None else int(np.searchsorted(years, self.start_year))
+        if self.first_test_year > int(years.max()) or self.first_test_year <= int(years.min()):
+            raise ValueError(
+                f"`first_test_year` {self.first_test_year} leaves no training or no test data in "
+                f"{dates[0]:%Y-%m-%d}..{dates[-1]:%Y-%m-%d}"
+            )
+        for year in range(self.first_test_year, last_year + 1, self.step_years):
+            test_from = int(np.searchsorted(years, year))
+            test_to = int(np.searchsorted(years, min(year + self.step_years, last_year + 1)))
+            if test_from >= test_to:
+                continue
+            n_train = test_from - first_row
+            valid_from = first_row + int(round(n_train * (1 - self.valid_fraction)))
+            yield Window(
+                train=label_rows(first_row, valid_from),
+                valid=label_rows(valid_from, test_from),
+                test=np.arange(test_from, test_to),
+                test_start=dates[test_from],
+                test_end=dates[test_to - 1],
+            )
