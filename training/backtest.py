@@ -1,0 +1,393 @@
+"""Expanding-window backtests: search, keep the best model, predict the test block.
+
+For every seed and every window of `training.splits.ExpandingWindow`, a random
+search (`training.search.run_search`) trains models on the window's training
+rows, picks the best by validation Sharpe, and the best model predicts every
+test date from data up to that date. Out-of-sample signals are stitched over
+windows; benchmarks are evaluated on exactly the same dates.
+
+The run directory is written as the run goes, so an interrupted run resumes
+where it stopped (a window is done once its ``signals.parquet`` exists; an
+unfinished window resumes its Optuna study)::
+
+    RUN/config.json                       resolved configuration (a rerun must match it)
+    RUN/seed_<s>/window_<year>/study.db   the Optuna study of that window
+    RUN/seed_<s>/window_<year>/trials/    every trial's weights
+    RUN/seed_<s>/window_<year>/best.json  best trial, its hyperparameters and validation Sharpe
+    RUN/seed_<s>/window_<year>/signals.parquet   out-of-sample positions of the window
+    RUN/oos.parquet                       date, ticker, seed, window, signal, vol, next_return, captured
+    RUN/benchmarks.parquet                date, ticker, strategy, signal, vol_scaled
+    RUN/report.md, *.csv, metrics.json, plots/   the report (`training.report`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from momentum import benchmarks as bm
+from momentum.data import load_prices, sectors
+from momentum.features import FEATURES_VERSION, FeatureConfig, Features, compute_features
+from momentum.metrics import sharpe_ratio
+from momentum.portfolio import captured_returns, portfolio_returns
+from training.datasets import ModelData
+from training.models import Universe, get_spec
+from training.search import load_trial_model, run_search
+from training.splits import ExpandingWindow, Window
+from training.train import TrainConfig, layout_for, split_hyperparameters
+
+__all__ = ["PROTOCOLS", "BacktestConfig", "Budget", "run_backtest"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Search budget of one protocol for one family of models."""
+
+    trials: int
+    max_epochs: int
+    patience: int
+    seeds: int
+
+
+# The papers: 100 trials, up to 500 epochs (STMOM) or 300 (DMN, TFT), patience 25, 5 seeds.
+# "quick" fits a laptop: an SLP backtest on the embedded data in about 15 minutes on 2 cores.
+PROTOCOLS: dict[str, dict[str, Budget]] = {
+    "paper": {
+        "spatiotemporal": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
+        "sequence": Budget(trials=100, max_epochs=300, patience=25, seeds=5),
+        "panel": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
+    },
+    "quick": {
+        "spatiotemporal": Budget(trials=10, max_epochs=100, patience=10, seeds=2),
+        "sequence": Budget(trials=3, max_epochs=15, patience=4, seeds=1),
+        "panel": Budget(trials=4, max_epochs=30, patience=8, seeds=1),
+    },
+}
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Everything that defines a backtest run; stored as ``config.json``.
+
+    ``None`` budget fields take the protocol's value for the model's family.
+    ``turnover_cost_bps`` trains on returns net of that cost (turnover
+    regularisation); ``fixed`` pins hyperparameters instead of searching them.
+    """
+
+    model: str
+    data: str = "sp500"
+    label: str | None = None
+    protocol: Literal["quick", "paper"] = "quick"
+    first_test_year: int = 1995
+    step_years: int = 5
+    start_year: int | None = None
+    end_year: int | None = None
+    seeds: int | None = None
+    trials: int | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    workers: int = 1
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    turnover_cost_bps: float = 0.0
+    seq_len: int = 63
+    fixed: dict[str, Any] = field(default_factory=dict)
+    cost_bps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
+    sectors: str | None = None
+
+    def __post_init__(self) -> None:
+        get_spec(self.model)  # unknown model names fail here
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"`protocol` must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
+            )
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"`executor` must be 'local' or 'ray', got {self.executor!r}")
+        for name in ("seeds", "trials", "epochs", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {value}")
+        if self.turnover_cost_bps < 0 or any(c < 0 for c in self.cost_bps):
+            raise ValueError("costs must be non-negative")
+
+    @property
+    def budget(self) -> Budget:
+        base = PROTOCOLS[self.protocol][get_spec(self.model).layout]
+        return Budget(
+            trials=self.trials or base.trials,
+            max_epochs=self.epochs or base.max_epochs,
+            patience=base.patience if self.patience is None else self.patience,
+            seeds=self.seeds or base.seeds,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model
+
+    def resolved(self) -> dict[str, Any]:
+        """The stored form: every default filled in, the budget spelled out."""
+        out = dataclasses.asdict(self)
+        out["cost_bps"] = list(self.cost_bps)
+        out["label"] = self.name
+        out["budget"] = dataclasses.asdict(self.budget)
+        out["features_version"] = FEATURES_VERSION
+        return out
+
+
+def _universe(config: BacktestConfig, features: Features) -> Universe:
+    """Markets for QuantNet: GICS sectors for the embedded data, a sectors file, or one market."""
+    if config.sectors is not None:
+        market_of: dict[str, str] | None = sectors(config.sectors)
+    elif config.data == "sp500":
+        market_of = sectors("sp500")
+    else:
+        market_of = None
+    return Universe.from_market_map(features.tickers, len(features.names), market_of)
+
+
+def _check_config(path: Path, resolved: dict[str, Any]) -> None:
+    """A rerun in the same directory must be the same experiment (resuming it)."""
+    stored = json.loads(path.read_text())
+    keys = [k for k in resolved if k not in ("workers", "executor", "ray_address")]
+    diff = {k: (stored.get(k), resolved[k]) for k in keys if stored.get(k) != resolved[k]}
+    if diff:
+        details = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path} belongs to a different backtest ({details}); use another --out")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _long(features: Features, rows: np.ndarray, signal: np.ndarray, **columns: Any) -> pd.DataFrame:
+    """One row per (date, ticker) of `rows` with the signal, vol and next-day return."""
+    n_rows, n_assets = signal.shape
+    dates = np.repeat(features.dates[rows].to_numpy(), n_assets)
+    vol = features.vol[rows]
+    nxt = features.next_returns[rows]
+    frame = pd.DataFrame(
+        {
+            "date": dates,
+            "ticker": np.tile(np.asarray(features.tickers, dtype=object), n_rows),
+            "signal": signal.ravel(),
+            "vol": vol.ravel(),
+            "next_return": nxt.ravel(),
+            "captured": captured_returns(signal, nxt, vol).ravel(),
+        }
+    )
+    for key, value in columns.items():
+        frame[key] = value
+    return frame
+
+
+def _window_sharpe(features: Features, rows: np.ndarray, signal: np.ndarray) -> float:
+    daily = portfolio_returns(
+        captured_returns(signal, features.next_returns[rows], features.vol[rows])
+    )
+    return float(sharpe_ratio(daily))
+
+
+def _run_window(
+    config: BacktestConfig,
+    data: ModelData,
+    universe: Universe,
+    window: Window,
+    seed: int,
+    directory: Path,
+    log: Callable[[str], None],
+) -> pd.DataFrame:
+    budget = config.budget
+    base = TrainConfig(
+        max_epochs=budget.max_epochs,
+        patience=budget.patience,
+        cost_bps=config.turnover_cost_bps,
+        seq_len=config.seq_len,
+        seed=seed,
+    )
+    features = data.features
+
+    def on_trial(record: dict[str, Any]) -> None:
+        log(
+            f"  trial {record['complete']}/{record['of']}: valid Sharpe {record['value']:.3f} "
+            f"(best {record['best']:.3f})"
+        )
+
+    result = run_search(
+        config.model,
+        data,
+        universe,
+        window.train,
+        window.valid,
+        directory=directory,
+        n_trials=budget.trials,
+        base=base,
+        workers=config.workers,
+        seed=seed,
+        fixed=config.fixed,
+        executor=config.executor,
+        ray_address=config.ray_address,
+        progress=on_trial,
+    )
+    model, model_config = load_trial_model(directory, result.best_trial)
+    spec = get_spec(config.model)
+    hyper = {**config.fixed, **result.best_params}
+    train_config = dataclasses.replace(base, **split_hyperparameters(spec, hyper)[1])
+    layout = layout_for(spec, model_config, train_config)
+    signal = layout.predict(model, data, window.test)
+    shutil.copyfile(directory / "trials" / f"{result.best_trial}.pt", directory / "model.pt")
+    _write_json(
+        directory / "best.json",
+        {
+            "trial": result.best_trial,
+            "params": hyper,
+            "valid_sharpe": result.best_value,
+            "test_sharpe": _window_sharpe(features, window.test, signal),
+            "train_rows": [int(window.train[0]), int(window.train[-1])],
+            "valid_rows": [int(window.valid[0]), int(window.valid[-1])],
+            "test_start": f"{window.test_start:%Y-%m-%d}",
+            "test_end": f"{window.test_end:%Y-%m-%d}",
+        },
+    )
+    frame = _long(features, window.test, signal, seed=seed, window=window.name)
+    _write_parquet(directory / "signals.parquet", frame)  # written last: the window is done
+    return frame
+
+
+def _benchmarks(features: Features, rows: np.ndarray) -> pd.DataFrame:
+    frames = []
+    for name, bench in bm.BENCHMARKS.items():
+        # buy-and-hold starts on the first out-of-sample date, like an investor would
+        signal = (
+            bm.buy_and_hold(features, start=int(rows[0]))
+            if name == "buy_and_hold"
+            else bench.signal(features)
+        )
+        frame = _long(features, rows, signal[rows], strategy=name, vol_scaled=bench.vol_scaled)
+        frames.append(frame[["date", "ticker", "strategy", "signal", "vol_scaled"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+@contextmanager
+def _ray_session(config: BacktestConfig) -> Iterator[None]:
+    """One Ray connection for the whole run (each window's search reuses it)."""
+    if config.executor != "ray":
+        yield
+        return
+    try:
+        import ray
+    except ImportError as err:
+        raise RuntimeError("--executor ray needs the `ray` extra: pip install '.[ray]'") from err
+    ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _run_windows(
+    config: BacktestConfig,
+    data: ModelData,
+    universe: Universe,
+    windows: list[Window],
+    out: Path,
+    log: Callable[[str], None],
+) -> list[pd.DataFrame]:
+    """Every (seed, window), skipping those already done; their signals frames."""
+    frames: list[pd.DataFrame] = []
+    for seed in range(config.budget.seeds):
+        done: list[pd.DataFrame] = []
+        for i, window in enumerate(windows, 1):
+            directory = out / f"seed_{seed}" / f"window_{window.name}"
+            directory.mkdir(parents=True, exist_ok=True)
+            signals = directory / "signals.parquet"
+            start = time.perf_counter()
+            if signals.exists():
+                frame = pd.read_parquet(signals)
+                status = "done earlier"
+            else:
+                log(
+                    f"seed {seed}, window {i}/{len(windows)}: test {window.test_start:%Y-%m-%d}.."
+                    f"{window.test_end:%Y-%m-%d}, {len(window.train)} train / "
+                    f"{len(window.valid)} valid rows"
+                )
+                frame = _run_window(config, data, universe, window, seed, directory, log)
+                status = f"{time.perf_counter() - start:.0f} s"
+            done.append(frame)
+            best = json.loads((directory / "best.json").read_text())
+            daily = pd.concat(done, ignore_index=True).groupby("date")["captured"].mean()
+            log(
+                f"seed {seed}, window {window.name}: best valid Sharpe {best['valid_sharpe']:.3f}, "
+                f"test Sharpe {best['test_sharpe']:.3f}, out-of-sample so far "
+                f"{sharpe_ratio(daily.to_numpy()):.3f} ({status})"
+            )
+        frames.extend(done)
+    return frames
+
+
+def run_backtest(
+    config: BacktestConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    report: bool = True,
+) -> Path:
+    """Run (or resume) a backtest into directory `out`; returns `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = config.resolved()
+    config_path = out / "config.json"
+    if config_path.exists():
+        _check_config(config_path, resolved)
+        log(f"resuming {out}")
+    else:
+        _write_json(config_path, resolved)
+
+    prices = load_prices(config.data)
+    features = compute_features(prices, FeatureConfig())
+    data = ModelData.from_features(features)
+    universe = _universe(config, features)
+    splitter = ExpandingWindow(
+        first_test_year=config.first_test_year,
+        step_years=config.step_years,
+        start_year=config.start_year,
+        end_year=config.end_year,
+    )
+    windows = list(splitter.split(features.dates))
+    budget = config.budget
+    log(
+        f"{config.name}: {config.model} on {config.data} ({len(features.tickers)} assets), "
+        f"{len(windows)} windows x {budget.seeds} seeds, {budget.trials} trials, "
+        f"up to {budget.max_epochs} epochs (patience {budget.patience})"
+    )
+    with _ray_session(config):
+        frames = _run_windows(config, data, universe, windows, out, log)
+
+    oos = pd.concat(frames, ignore_index=True)
+    _write_parquet(out / "oos.parquet", oos)
+    rows = np.flatnonzero(features.dates.isin(pd.DatetimeIndex(oos["date"].unique())))
+    _write_parquet(out / "benchmarks.parquet", _benchmarks(features, rows))
+    if report:
+        from training.report import build_report
+
+        build_report([out], out, cost_bps=config.cost_bps)
+        log(f"report: {out / 'report.md'}")
+    return out

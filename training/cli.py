@@ -1,0 +1,198 @@
+"""``momentum-train``: research commands (backtest, report).
+
+Run ``momentum-train COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _backtest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backtest",
+        help="expanding-window backtest with random search",
+        description=(
+            "Expanding-window backtest: for every seed and test block, random-search the "
+            "model on the training block, keep the best by validation Sharpe, predict the "
+            "test block. Rerunning the same command resumes an interrupted run."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="registry name: slp, mlp, cnn, lstm, dmn, tft, quantnet, no_transfer",
+    )
+    p.add_argument(
+        "--data",
+        default="sp500",
+        help="'sp500' (embedded) or a price file (CSV/Parquet, wide or long)",
+    )
+    p.add_argument(
+        "--sectors",
+        default=None,
+        help="ticker,sector CSV giving QuantNet's markets for --data PATH",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["quick", "paper"],
+        default="quick",
+        help="search budget (default quick)",
+    )
+    p.add_argument("--first-test-year", type=int, default=1995)
+    p.add_argument(
+        "--step-years",
+        type=int,
+        default=5,
+        help="test block length (1 = Momentum Transformer protocol)",
+    )
+    p.add_argument("--start-year", type=int, default=None)
+    p.add_argument("--end-year", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (protocol default)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="random-search trials per window (protocol default)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs per trial (protocol default)"
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="early-stopping patience (protocol default)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="local worker processes sharing a window's search"
+    )
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
+    p.add_argument(
+        "--turnover-cost",
+        type=float,
+        default=0.0,
+        help="train on returns net of this cost in bps (turnover regularisation)",
+    )
+    p.add_argument(
+        "--fixed",
+        type=_json_object,
+        default={},
+        help="hyperparameters pinned instead of searched, e.g. '{\"l1\": 0.1}'",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=63, help="sequence length of dmn/tft, QuantNet's k"
+    )
+    p.add_argument(
+        "--cost-bps",
+        type=_floats,
+        default=(0, 0.5, 1, 2, 3, 4, 5, 10),
+        help="report costs, comma-separated",
+    )
+    p.add_argument(
+        "--label", default=None, help="strategy name in reports (default: the model name)"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="run directory (created; reused to resume)"
+    )
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="the papers' tables and plots over one or more runs",
+        description="One report over several backtest runs and all benchmarks.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run directories")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: the first run)"
+    )
+    p.add_argument("--cost-bps", type=_floats, default=(0, 0.5, 1, 2, 3, 4, 5, 10))
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from training.backtest import BacktestConfig, run_backtest
+
+    config = BacktestConfig(
+        model=args.model,
+        data=args.data,
+        label=args.label,
+        protocol=args.protocol,
+        first_test_year=args.first_test_year,
+        step_years=args.step_years,
+        start_year=args.start_year,
+        end_year=args.end_year,
+        seeds=args.seeds,
+        trials=args.trials,
+        epochs=args.epochs,
+        patience=args.patience,
+        workers=args.workers,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        turnover_cost_bps=args.turnover_cost,
+        seq_len=args.seq_len,
+        fixed=args.fixed,
+        cost_bps=tuple(args.cost_bps),
+        sectors=args.sectors,
+    )
+    run_backtest(config, args.out)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from training.report import build_report
+
+    out = args.out or args.runs[0]
+    path = build_report(list(args.runs), out, cost_bps=tuple(args.cost_bps))
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="momentum-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _backtest_parser(sub)
+    _report_parser(sub)
+    args = parser.parse_args(argv)
+    import optuna
+
+    # one summary line per trial comes from the backtest itself
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handlers = {"backtest": _backtest, "report": _report}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"momentum-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
