@@ -66,7 +66,7 @@ from torch import nn
 
 from training.datasets import ModelData
 from training.models import ModelSpec, Universe, get_spec
-from training.train import TrainConfig, split_hyperparameters, train
+from training.train import TrainConfig, check_rows, split_hyperparameters, train
 
 __all__ = ["SearchResult", "TrialDiverged", "load_trial_model", "run_search"]
 
@@ -339,14 +339,7 @@ def _validate(
             f"`universe` has {universe.n_assets} assets x {universe.n_features} features but "
             f"`data` has {data.n_assets} x {data.x.shape[-1]}"
         )
-    if len(train_rows) == 0 or len(valid_rows) < 2:
-        raise ValueError(
-            f"need `train_rows` and at least 2 `valid_rows`, got {len(train_rows)} and "
-            f"{len(valid_rows)}"
-        )
-    overlap = np.intersect1d(train_rows, valid_rows)
-    if len(overlap):
-        raise ValueError(f"`train_rows` and `valid_rows` overlap at {overlap[:5].tolist()}")
+    check_rows(train_rows, valid_rows)
 
 
 def _progress_record(trial: FrozenTrial, complete: list[FrozenTrial], n_trials: int) -> dict:

@@ -37,6 +37,7 @@ from training.models import ModelSpec, Universe, get_spec
 
 __all__ = [
     "FitResult",
+    "check_rows",
     "TrainConfig",
     "fit",
     "layout_for",
@@ -133,6 +134,18 @@ def validation_sharpe(model: nn.Module, layout: Layout, data: ModelData, rows: n
     return float(sharpe_ratio(daily))
 
 
+def check_rows(train_rows: np.ndarray, valid_rows: np.ndarray) -> None:
+    """Training rows exist, at least 2 validation rows (a Sharpe needs them), no overlap."""
+    if len(train_rows) == 0 or len(valid_rows) < 2:
+        raise ValueError(
+            f"need `train_rows` and at least 2 `valid_rows`, got {len(train_rows)} and "
+            f"{len(valid_rows)}"
+        )
+    overlap = np.intersect1d(train_rows, valid_rows)
+    if len(overlap):
+        raise ValueError(f"`train_rows` and `valid_rows` overlap at {overlap[:5].tolist()}")
+
+
 def _clip(parameters: list[nn.Parameter], config: TrainConfig) -> None:
     if config.max_grad_norm is None:
         return
@@ -171,14 +184,7 @@ def fit(
     on_epoch : callable, optional
         Called with each epoch's record (epoch, train_loss, valid_sharpe, seconds).
     """
-    if len(train_rows) == 0 or len(valid_rows) < 2:
-        raise ValueError(
-            f"need training rows and at least 2 validation rows, got {len(train_rows)} and "
-            f"{len(valid_rows)}"
-        )
-    overlap = np.intersect1d(train_rows, valid_rows)
-    if len(overlap):
-        raise ValueError(f"train and validation rows overlap at {overlap[:5].tolist()}")
+    check_rows(train_rows, valid_rows)
     device = resolve_device(config.device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]

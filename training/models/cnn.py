@@ -19,16 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.models.grids import CAPACITY, OPTIMISATION
+
 # Random-search grid after STMOM Table 8 (plus the CNN's kernel size and filters). Keys that
 # are not config fields belong to the training loop.
 SEARCH_SPACE: dict[str, list] = {
     "kernel_size": [2, 3, 4, 5],
     "filters": [5, 10, 20, 40, 80, 160],
-    "hidden": [5, 10, 20, 40, 80, 160],
-    "dropout": [0.1, 0.2, 0.3, 0.4, 0.5],
-    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
-    "batch_size": [64, 128, 256],
-    "max_grad_norm": [0.01, 1.0, 100.0],
+    **CAPACITY,
+    **OPTIMISATION,
 }
 
 

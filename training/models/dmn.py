@@ -20,18 +20,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from training.models.grids import CAPACITY, OPTIMISATION
 from training.models.layers import init_keras_lstm_, keras_linear, max_norm_
 
 # Random-search grid that the Momentum Transformer paper (Wood et al. 2022) uses for its LSTM
 # DMN baseline (the authors' `settings/hp_grid.py`). `hidden` and `dropout` are config fields;
 # `lr`, `max_grad_norm` (per-tensor clipnorm) and `batch_size` belong to the training loop.
-SEARCH_SPACE: dict[str, list] = {
-    "hidden": [5, 10, 20, 40, 80, 160],
-    "dropout": [0.1, 0.2, 0.3, 0.4, 0.5],
-    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
-    "max_grad_norm": [0.01, 1.0, 100.0],
-    "batch_size": [64, 128, 256],
-}
+SEARCH_SPACE: dict[str, list] = {**CAPACITY, **OPTIMISATION}
 
 # Keras `max_norm(3)` on the position head's kernel.
 HEAD_MAX_NORM = 3.0

@@ -22,15 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.models.grids import CAPACITY, OPTIMISATION
+from training.models.layers import init_keras_lstm_
+
 # Random-search grid after STMOM Table 8. Keys that are not config fields belong to the
 # training loop.
-SEARCH_SPACE: dict[str, list] = {
-    "hidden": [5, 10, 20, 40, 80, 160],
-    "dropout": [0.1, 0.2, 0.3, 0.4, 0.5],
-    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
-    "batch_size": [64, 128, 256],
-    "max_grad_norm": [0.01, 1.0, 100.0],
-}
+SEARCH_SPACE: dict[str, list] = {**CAPACITY, **OPTIMISATION}
 
 
 @dataclass(frozen=True)
@@ -73,32 +70,10 @@ def tiny(**overrides: Any) -> LstmConfig:
     )
 
 
-def init_lstm_keras_(lstm: nn.LSTM) -> None:
-    """tf.keras LSTM initialisation, in place.
-
-    Glorot-uniform input kernels, orthogonal recurrent kernels (the whole
-    ``(4 * hidden, hidden)`` matrix, as Keras does for its ``(hidden, 4 * hidden)``
-    kernel), zero biases except the forget-gate slice of ``bias_ih`` = 1
-    (``unit_forget_bias``). PyTorch gate order is i, f, g, o.
-    """
-    hidden = lstm.hidden_size
-    for name, param in lstm.named_parameters():
-        if name.startswith("weight_ih"):
-            nn.init.xavier_uniform_(param)
-        elif name.startswith("weight_hh"):
-            nn.init.orthogonal_(param)
-        elif name.startswith("bias_ih"):
-            with torch.no_grad():
-                param.zero_()
-                param[hidden : 2 * hidden] = 1.0
-        elif name.startswith("bias_hh"):
-            nn.init.zeros_(param)
-
-
 class Lstm(nn.Module):
     """Spatio-temporal LSTM with a time-distributed tanh head over all N assets.
 
-    Initialisation follows tf.keras (see :func:`init_lstm_keras_`); the head is a
+    Initialisation follows tf.keras (see :func:`training.models.layers.init_keras_lstm_`); the head is a
     glorot-uniform ``Dense`` with zero bias.
 
     Parameters
@@ -111,7 +86,7 @@ class Lstm(nn.Module):
         super().__init__()
         self.config = config
         self.lstm = nn.LSTM(config.n_assets * config.n_features, config.hidden, batch_first=True)
-        init_lstm_keras_(self.lstm)
+        init_keras_lstm_(self.lstm)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.n_assets)
         nn.init.xavier_uniform_(self.head.weight)

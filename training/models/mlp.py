@@ -17,15 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.models.grids import CAPACITY, OPTIMISATION
+
 # Random-search grid after STMOM Table 8. Keys that are not config fields belong to the
 # training loop.
-SEARCH_SPACE: dict[str, list] = {
-    "hidden": [5, 10, 20, 40, 80, 160],
-    "dropout": [0.1, 0.2, 0.3, 0.4, 0.5],
-    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
-    "batch_size": [64, 128, 256],
-    "max_grad_norm": [0.01, 1.0, 100.0],
-}
+SEARCH_SPACE: dict[str, list] = {**CAPACITY, **OPTIMISATION}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.models.lstm import init_lstm_keras_
+from training.models.layers import init_keras_lstm_
 
 # Random-search grid after QuantNet Table A2. Keys that are not config fields belong to the
 # training loop (lr for AMSGrad, k = truncated-BPTT window, batch_size = markets per minibatch).
@@ -165,7 +165,7 @@ class SequenceBlock(nn.Module):
         self.kind = kind
         if kind == "lstm":
             self.lstm = nn.LSTM(in_features, out_features, batch_first=True)
-            init_lstm_keras_(self.lstm)
+            init_keras_lstm_(self.lstm)
         else:
             self.linear = _dense(in_features, out_features)
 

@@ -24,15 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from training.losses import l1_penalty
+from training.models.grids import OPTIMISATION
 
 # Random-search grid after STMOM Table 8.
 # Keys that are not config fields (lr, batch_size, max_grad_norm) belong to the training loop.
-SEARCH_SPACE: dict[str, list] = {
-    "l1": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
-    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
-    "batch_size": [64, 128, 256],
-    "max_grad_norm": [0.01, 1.0, 100.0],
-}
+SEARCH_SPACE: dict[str, list] = {"l1": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], **OPTIMISATION}
 
 
 @dataclass(frozen=True)
