@@ -60,8 +60,10 @@ class Budget:
     seeds: int
 
 
-# The papers: 100 trials, up to 500 epochs (STMOM) or 300 (DMN, TFT), patience 25, 5 seeds.
-# "quick" fits a laptop: an SLP backtest on the embedded data in about 15 minutes on 2 cores.
+# Keyed by model name or, failing that, by layout. The papers: 100 trials, up to
+# 500 epochs (STMOM) or 300 (DMN, TFT), patience 25, 5 seeds. "quick" fits a
+# laptop: on the embedded data with 2 cores each backtest takes 10-30 minutes
+# (docs/results.md lists the measured wall times).
 PROTOCOLS: dict[str, dict[str, Budget]] = {
     "paper": {
         "spatiotemporal": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
@@ -69,9 +71,10 @@ PROTOCOLS: dict[str, dict[str, Budget]] = {
         "panel": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
     },
     "quick": {
-        "spatiotemporal": Budget(trials=10, max_epochs=100, patience=10, seeds=2),
-        "sequence": Budget(trials=3, max_epochs=15, patience=4, seeds=1),
-        "panel": Budget(trials=4, max_epochs=30, patience=8, seeds=1),
+        "spatiotemporal": Budget(trials=20, max_epochs=100, patience=10, seeds=3),
+        "sequence": Budget(trials=6, max_epochs=30, patience=6, seeds=2),
+        "tft": Budget(trials=3, max_epochs=15, patience=4, seeds=1),
+        "panel": Budget(trials=10, max_epochs=30, patience=8, seeds=2),
     },
 }
 
@@ -123,7 +126,8 @@ class BacktestConfig:
 
     @property
     def budget(self) -> Budget:
-        base = PROTOCOLS[self.protocol][get_spec(self.model).layout]
+        table = PROTOCOLS[self.protocol]
+        base = table.get(self.model) or table[get_spec(self.model).layout]
         return Budget(
             trials=self.trials or base.trials,
             max_epochs=self.epochs or base.max_epochs,

@@ -1,4 +1,4 @@
-"""``momentum-train``: research commands (backtest, report).
+"""``momentum-train``: research commands (backtest, report, results).
 
 Run ``momentum-train COMMAND --help`` for each command's options.
 """
@@ -135,6 +135,29 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-bps", type=_floats, default=(0, 0.5, 1, 2, 3, 4, 5, 10))
 
 
+def _results_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "results",
+        help="the quick-protocol backtests of docs/results.md",
+        description=(
+            "Run (or resume) slp, dmn, tft and quantnet quick-protocol backtests on the "
+            "embedded data, report them with all benchmarks, and write docs/results.md."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/results"))
+    p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    p.add_argument("--models", default=None, help="comma-separated subset of slp,dmn,tft,quantnet")
+
+
+def _results(args: argparse.Namespace) -> int:
+    from training.results import run_results
+
+    models = args.models.split(",") if args.models else None
+    command = f"momentum-train results --out {args.out}"
+    run_results(args.out, args.doc, models=models, command=command)
+    return 0
+
+
 def _backtest(args: argparse.Namespace) -> int:
     from training.backtest import BacktestConfig, run_backtest
 
@@ -178,12 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _backtest_parser(sub)
     _report_parser(sub)
+    _results_parser(sub)
     args = parser.parse_args(argv)
     import optuna
 
     # one summary line per trial comes from the backtest itself
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    handlers = {"backtest": _backtest, "report": _report}
+    handlers = {"backtest": _backtest, "report": _report, "results": _results}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
