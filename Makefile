@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all lint format typecheck bench clean
+.PHONY: install test test-slow test-all lint format typecheck bench results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/features.py
+
+# the quick-protocol backtests of docs/results.md (about an hour on 2 cores; resumable)
+results: $(STAMP)
+	$(VENV)/bin/momentum-train results --out runs/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -42,6 +42,7 @@ from momentum.features import FEATURES_VERSION, FeatureConfig, Features, compute
 from momentum.metrics import sharpe_ratio
 from momentum.portfolio import captured_returns, portfolio_returns
 from training.datasets import ModelData
+from training.explain import slp_attribution_summary, tft_summary
 from training.models import Universe, get_spec
 from training.search import load_trial_model, run_search
 from training.splits import ExpandingWindow, Window
@@ -258,6 +259,7 @@ def _run_window(
     layout = layout_for(spec, model_config, train_config)
     signal = layout.predict(model, data, window.test)
     shutil.copyfile(directory / "trials" / f"{result.best_trial}.pt", directory / "model.pt")
+    _explain_window(config.model, model, data, window.test, train_config, directory)
     _write_json(
         directory / "best.json",
         {
@@ -274,6 +276,44 @@ def _run_window(
     frame = _long(features, window.test, signal, seed=seed, window=window.name)
     _write_parquet(directory / "signals.parquet", frame)  # written last: the window is done
     return frame
+
+
+# model name -> file written into each window directory and averaged into RUN/explain/
+_EXPLAIN_FILES = {"slp": "slp_attribution.csv", "tft": "tft_variable_importance.csv"}
+
+
+def _explain_window(
+    name: str,
+    model: Any,
+    data: ModelData,
+    rows: np.ndarray,
+    train_config: TrainConfig,
+    directory: Path,
+) -> None:
+    """Interpretability summary of the window's best model on its test rows (SLP, TFT)."""
+    f = data.features
+    if name == "slp":
+        summary = slp_attribution_summary(model, data, rows, f.names, f.tickers)
+        table = summary.loc["all", ["own", "cross", "own_share", "cross_share"]]
+    elif name == "tft":
+        table = tft_summary(model, data, rows, f.names, seq_len=train_config.seq_len)[
+            "variable_importance"
+        ][["mean"]].rename(columns={"mean": "weight"})
+    else:
+        return
+    table.rename_axis("feature").to_csv(directory / _EXPLAIN_FILES[name])
+
+
+def _average_explanations(name: str, out: Path) -> None:
+    """Mean over every window and seed of the per-window summaries, into RUN/explain/."""
+    if name not in _EXPLAIN_FILES:
+        return
+    parts = [pd.read_csv(p) for p in sorted(out.glob(f"seed_*/window_*/{_EXPLAIN_FILES[name]}"))]
+    if not parts:
+        return
+    mean = pd.concat(parts).groupby("feature", sort=False).mean()
+    (out / "explain").mkdir(exist_ok=True)
+    mean.to_csv(out / "explain" / _EXPLAIN_FILES[name])
 
 
 def _benchmarks(features: Features, rows: np.ndarray) -> pd.DataFrame:
@@ -389,6 +429,7 @@ def run_backtest(
     _write_parquet(out / "oos.parquet", oos)
     rows = np.flatnonzero(features.dates.isin(pd.DatetimeIndex(oos["date"].unique())))
     _write_parquet(out / "benchmarks.parquet", _benchmarks(features, rows))
+    _average_explanations(config.model, out)
     if report:
         from training.report import build_report
 

@@ -13,6 +13,7 @@ import pytest
 
 from momentum.benchmarks import BENCHMARKS
 from momentum.data import synthetic_prices
+from momentum.features import FeatureConfig
 from momentum.metrics import sharpe_ratio
 from training.cli import main
 
@@ -69,6 +70,12 @@ def test_tiny_backtest_run_directory(model, extra, price_file, tmp_path):
         assert name in report
     bench = pd.read_parquet(out / "benchmarks.parquet")
     assert set(pd.DatetimeIndex(bench.date.unique())) == set(test_dates)
+    if model == "slp":
+        # SLP attributions of every window's best model, averaged into the report
+        explain = pd.read_csv(out / "explain" / "slp_attribution.csv", index_col="feature")
+        assert tuple(explain.index) == FeatureConfig().names
+        assert explain["own_share"].sum() + explain["cross_share"].sum() == pytest.approx(1.0)
+        assert "slp_attribution" in report
 
 
 def test_rerun_with_other_settings_is_refused(price_file, tmp_path):

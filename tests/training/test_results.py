@@ -1,0 +1,49 @@
+"""The results page: measured rows for every run and benchmark, reruns reuse finished runs."""
+
+import json
+
+import pytest
+
+from momentum.benchmarks import BENCHMARKS
+from momentum.data import synthetic_prices
+from training import results
+from training.backtest import BacktestConfig
+from training.results import ResultRun, run_results
+
+
+@pytest.fixture
+def tiny_runs(tmp_path, monkeypatch):
+    path = tmp_path / "prices.csv"
+    synthetic_prices(n_assets=5, n_days=1400, n_markets=1, seed=9).prices.to_csv(
+        path, index_label="date"
+    )
+    common = {"data": str(path), "first_test_year": 2004, "step_years": 2, "end_year": 2005}
+    budget = {"seeds": 1, "trials": 1, "epochs": 1}
+    runs = (
+        ResultRun("slp", BacktestConfig(model="slp", label="slp", **common, **budget), "tiny SLP"),
+        ResultRun("dmn", BacktestConfig(model="dmn", label="dmn", **common, **budget), "tiny DMN"),
+    )
+    monkeypatch.setattr(results, "RESULT_RUNS", runs)
+    return runs
+
+
+def test_results_page(tiny_runs, tmp_path):
+    doc = run_results(tmp_path / "runs", tmp_path / "results.md", log=lambda _: None)
+    text = doc.read_text()
+    for name in ["slp", "dmn", *BENCHMARKS]:
+        assert f"| {name} |" in text
+    assert "tiny SLP" in text and "## Published, for context" in text
+    metrics = json.loads((tmp_path / "runs" / "report" / "metrics.json").read_text())
+    assert f"{metrics['slp']['sharpe_by_cost']['0']:.3f}" in text
+    timing = json.loads((tmp_path / "runs" / "slp" / "timing.json").read_text())
+    assert timing["seconds"] > 0
+    # a second call reuses the finished runs
+    messages = []
+    run_results(tmp_path / "runs", tmp_path / "results.md", log=messages.append)
+    assert any("slp: done earlier" in m for m in messages)
+    assert json.loads((tmp_path / "runs" / "slp" / "timing.json").read_text()) == timing
+
+
+def test_unknown_models_are_refused(tiny_runs, tmp_path):
+    with pytest.raises(ValueError, match="no result runs selected"):
+        run_results(tmp_path / "runs", tmp_path / "r.md", models=["gpt"])
