@@ -147,6 +147,7 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/results"))
     p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     p.add_argument("--models", default=None, help="comma-separated subset of slp,dmn,tft,quantnet")
+    p.add_argument("--note", default=None, help="a remark printed under the results table")
 
 
 def _results(args: argparse.Namespace) -> int:
@@ -154,7 +155,7 @@ def _results(args: argparse.Namespace) -> int:
 
     models = args.models.split(",") if args.models else None
     command = f"momentum-train results --out {args.out}"
-    run_results(args.out, args.doc, models=models, command=command)
+    run_results(args.out, args.doc, models=models, command=command, note=args.note)
     return 0
 
 

@@ -91,7 +91,12 @@ def _sharpe_at(metrics: dict, strategy: str, bps: float) -> str:
 
 
 def _markdown(
-    runs: Sequence[ResultRun], metrics: dict, timings: dict[str, float], report: Path, command: str
+    runs: Sequence[ResultRun],
+    metrics: dict,
+    timings: dict[str, float],
+    report: Path,
+    command: str,
+    note: str | None = None,
 ) -> str:
     lines = [
         "# Backtest results",
@@ -129,6 +134,8 @@ def _markdown(
             f"{_cell(metrics, s, 'Calmar')} | "
             f"{'n/a' if turnover is None else f'{turnover:.3f}'} | {wall} |"
         )
+    if note:
+        lines += ["", f"Note: {note}"]
     lines += [
         "",
         "Rescaled to 15% volatility (ex-post, as the papers' second table), 0 bps:",
@@ -168,6 +175,7 @@ def run_results(
     models: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
     command: str = "momentum-train results --out runs/results",
+    note: str | None = None,
 ) -> Path:
     """Run every result backtest into `out`, report them together, write `doc`."""
     out = Path(out)
@@ -192,6 +200,6 @@ def run_results(
     metrics = json.loads((report_dir / "metrics.json").read_text())
     doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(_markdown(runs, metrics, timings, report_dir / "report.md", command))
+    doc.write_text(_markdown(runs, metrics, timings, report_dir / "report.md", command, note))
     log(f"wrote {doc}")
     return doc

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -74,6 +75,8 @@ STUDY_FILE = "study.db"
 TRIALS_DIR = "trials"
 # SQLite busy timeout (seconds) while another worker holds the write lock
 _SQLITE_TIMEOUT = 60
+# attempts to open a study file whose schema another process is creating
+_SCHEMA_RETRIES = 5
 # how often the main process polls the study for progress while workers run
 _POLL_SECONDS = 0.5
 
@@ -185,10 +188,24 @@ class _Budget:
 
 
 def _storage(directory: Path) -> optuna.storages.RDBStorage:
+    """The study's SQLite storage, safe to open from several processes at once.
+
+    Optuna creates the schema and stamps its version on first open; two
+    processes opening a new file together race on that stamp
+    (``UNIQUE constraint failed: alembic_version``). The loser retries and
+    then finds the schema in place.
+    """
     url = f"sqlite:///{(directory / STUDY_FILE).resolve()}"
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT}}
-    )
+    for attempt in range(_SCHEMA_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT}}
+            )
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == _SCHEMA_RETRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _sampler_seed(seed: int, worker: int, n_existing: int) -> int:

@@ -39,7 +39,10 @@ def test_results_page(tiny_runs, tmp_path):
     assert timing["seconds"] > 0
     # a second call reuses the finished runs
     messages = []
-    run_results(tmp_path / "runs", tmp_path / "results.md", log=messages.append)
+    run_results(
+        tmp_path / "runs", tmp_path / "results.md", log=messages.append, note="shared cores"
+    )
+    assert "Note: shared cores" in (tmp_path / "results.md").read_text()
     assert any("slp: done earlier" in m for m in messages)
     assert json.loads((tmp_path / "runs" / "slp" / "timing.json").read_text()) == timing
 

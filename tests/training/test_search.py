@@ -68,7 +68,8 @@ def _search(panel: Panel, directory: Path, n_trials: int, **kwargs: Any) -> Sear
 
 
 def _study(directory: Path, name: str = "slp-search") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'study.db'}")
+    # the same opener as the search: safe while another process creates the file
+    return optuna.load_study(study_name=name, storage=search._storage(Path(directory)))
 
 
 def _states(study: optuna.Study) -> dict[int, TrialState]:
