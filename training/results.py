@@ -94,6 +94,7 @@ def _markdown(
     runs: Sequence[ResultRun],
     metrics: dict,
     timings: dict[str, float],
+    resumed: set[str],
     report: Path,
     command: str,
     note: str | None = None,
@@ -126,6 +127,8 @@ def _markdown(
         entry = metrics.get(s, {})
         seeds = entry.get("seeds", 1)
         wall = f"{timings[s] / 60:.1f} min" if s in timings else "-"
+        if s in resumed:
+            wall += " (resumed run: this invocation only)"
         turnover = entry.get("turnover")
         lines.append(
             f"| {s} | {names.get(s, 'benchmark')} | {seeds} | {_sharpe_at(metrics, s, 0)} | "
@@ -183,23 +186,33 @@ def run_results(
     if not runs:
         raise ValueError(f"no result runs selected from {[r.label for r in RESULT_RUNS]}")
     timings: dict[str, float] = {}
+    resumed: set[str] = set()
     for run in runs:
         directory = out / run.label
         timing = directory / "timing.json"
         if timing.exists() and (directory / "oos.parquet").exists():
-            timings[run.label] = json.loads(timing.read_text())["seconds"]
+            recorded = json.loads(timing.read_text())
+            timings[run.label] = recorded["seconds"]
+            if recorded.get("resumed"):
+                resumed.add(run.label)
             log(f"{run.label}: done earlier ({timings[run.label] / 60:.1f} min)")
             continue
+        # a run interrupted earlier resumes; its wall time then covers this invocation only
+        if (directory / "config.json").exists():
+            resumed.add(run.label)
         start = time.perf_counter()
         run_backtest(run.config, directory, log=log)
-        # resumed runs record only this invocation's time; the doc says wall time of the run
         timings[run.label] = time.perf_counter() - start
-        timing.write_text(json.dumps({"seconds": timings[run.label]}))
+        timing.write_text(
+            json.dumps({"seconds": timings[run.label], "resumed": run.label in resumed})
+        )
     report_dir = out / "report"
     build_report([out / r.label for r in runs], report_dir)
     metrics = json.loads((report_dir / "metrics.json").read_text())
     doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(_markdown(runs, metrics, timings, report_dir / "report.md", command, note))
+    doc.write_text(
+        _markdown(runs, metrics, timings, resumed, report_dir / "report.md", command, note)
+    )
     log(f"wrote {doc}")
     return doc

@@ -50,3 +50,14 @@ def test_results_page(tiny_runs, tmp_path):
 def test_unknown_models_are_refused(tiny_runs, tmp_path):
     with pytest.raises(ValueError, match="no result runs selected"):
         run_results(tmp_path / "runs", tmp_path / "r.md", models=["gpt"])
+
+
+def test_a_resumed_run_says_its_wall_time_is_partial(tiny_runs, tmp_path):
+    run_results(tmp_path / "runs", tmp_path / "results.md", models=["slp"], log=lambda _: None)
+    assert "(resumed run" not in (tmp_path / "results.md").read_text()
+    # as if interrupted after its windows were done but before the run finished
+    (tmp_path / "runs" / "slp" / "timing.json").unlink()
+    (tmp_path / "runs" / "slp" / "oos.parquet").unlink()
+    run_results(tmp_path / "runs", tmp_path / "results.md", models=["slp"], log=lambda _: None)
+    assert "(resumed run: this invocation only)" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "runs" / "slp" / "timing.json").read_text())["resumed"]
