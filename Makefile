@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
-EXTRAS ?= train,dev,ray
+EXTRAS ?= train,dev,ray,export,serve
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PYTEST_ARGS ?=
@@ -22,6 +22,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	@# onnxruntime and onnxruntime-gpu share one module directory: never both
+	@if $(PIP) show --quiet onnxruntime >/dev/null 2>&1 && $(PIP) show --quiet onnxruntime-gpu >/dev/null 2>&1; then \
+		echo "both onnxruntime and onnxruntime-gpu are installed in $(VENV); uninstall both, then rerun make" >&2; exit 1; fi
 	@touch $@
 
 install: $(STAMP)
