@@ -48,7 +48,7 @@ from training.search import load_trial_model, run_search
 from training.splits import ExpandingWindow, Window
 from training.train import TrainConfig, layout_for, split_hyperparameters
 
-__all__ = ["PROTOCOLS", "BacktestConfig", "Budget", "run_backtest"]
+__all__ = ["PROTOCOLS", "BacktestConfig", "Budget", "run_backtest", "universe_for"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,14 @@ class BacktestConfig:
         if self.turnover_cost_bps < 0 or any(c < 0 for c in self.cost_bps):
             raise ValueError("costs must be non-negative")
 
+    @classmethod
+    def from_resolved(cls, resolved: dict[str, Any]) -> BacktestConfig:
+        """The config back from its stored form (``config.json``, see `resolved`)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in resolved.items() if k in fields}
+        data["cost_bps"] = tuple(data.get("cost_bps", ()))
+        return cls(**data)
+
     @property
     def budget(self) -> Budget:
         table = PROTOCOLS[self.protocol]
@@ -150,7 +158,7 @@ class BacktestConfig:
         return out
 
 
-def _universe(config: BacktestConfig, features: Features) -> Universe:
+def universe_for(config: BacktestConfig, features: Features) -> Universe:
     """Markets for QuantNet: GICS sectors for the embedded data, a sectors file, or one market."""
     if config.sectors is not None:
         market_of: dict[str, str] | None = sectors(config.sectors)
@@ -408,7 +416,7 @@ def run_backtest(
     prices = load_prices(config.data)
     features = compute_features(prices, FeatureConfig())
     data = ModelData.from_features(features)
-    universe = _universe(config, features)
+    universe = universe_for(config, features)
     splitter = ExpandingWindow(
         first_test_year=config.first_test_year,
         step_years=config.step_years,

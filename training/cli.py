@@ -1,4 +1,4 @@
-"""``momentum-train``: research commands (backtest, report, results).
+"""``momentum-train``: research commands (backtest, report, results, export, promote, models).
 
 Run ``momentum-train COMMAND --help`` for each command's options.
 """
@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -33,19 +35,12 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _backtest_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "backtest",
-        help="expanding-window backtest with random search",
-        description=(
-            "Expanding-window backtest: for every seed and test block, random-search the "
-            "model on the training block, keep the best by validation Sharpe, predict the "
-            "test block. Rerunning the same command resumes an interrupted run."
-        ),
-    )
+def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """What to train and with which budget: shared by `backtest` and `export --model`."""
     p.add_argument(
         "--model",
-        required=True,
+        required=model_required,
+        default=None,
         help="registry name: slp, mlp, cnn, lstm, dmn, tft, quantnet, no_transfer",
     )
     p.add_argument(
@@ -64,16 +59,7 @@ def _backtest_parser(sub: argparse._SubParsersAction) -> None:
         default="quick",
         help="search budget (default quick)",
     )
-    p.add_argument("--first-test-year", type=int, default=1995)
-    p.add_argument(
-        "--step-years",
-        type=int,
-        default=5,
-        help="test block length (1 = Momentum Transformer protocol)",
-    )
-    p.add_argument("--start-year", type=int, default=None)
-    p.add_argument("--end-year", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (protocol default)")
+    p.add_argument("--start-year", type=int, default=None, help="first year of training data")
     p.add_argument(
         "--trials",
         type=int,
@@ -86,13 +72,7 @@ def _backtest_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patience", type=int, default=None, help="early-stopping patience (protocol default)"
     )
-    p.add_argument(
-        "--workers", type=int, default=1, help="local worker processes sharing a window's search"
-    )
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument(
-        "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)"
-    )
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing a search")
     p.add_argument(
         "--turnover-cost",
         type=float,
@@ -109,17 +89,101 @@ def _backtest_parser(sub: argparse._SubParsersAction) -> None:
         "--seq-len", type=int, default=63, help="sequence length of dmn/tft, QuantNet's k"
     )
     p.add_argument(
+        "--label", default=None, help="strategy name in reports (default: the model name)"
+    )
+
+
+def _backtest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backtest",
+        help="expanding-window backtest with random search",
+        description=(
+            "Expanding-window backtest: for every seed and test block, random-search the "
+            "model on the training block, keep the best by validation Sharpe, predict the "
+            "test block. Rerunning the same command resumes an interrupted run."
+        ),
+    )
+    _training_options(p, model_required=True)
+    p.add_argument("--first-test-year", type=int, default=1995)
+    p.add_argument(
+        "--step-years",
+        type=int,
+        default=5,
+        help="test block length (1 = Momentum Transformer protocol)",
+    )
+    p.add_argument("--end-year", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (protocol default)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
+    p.add_argument(
         "--cost-bps",
         type=_floats,
         default=(0, 0.5, 1, 2, 3, 4, 5, 10),
         help="report costs, comma-separated",
     )
     p.add_argument(
-        "--label", default=None, help="strategy name in reports (default: the model name)"
-    )
-    p.add_argument(
         "--out", type=Path, required=True, help="run directory (created; reused to resume)"
     )
+
+
+def _registry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        type=Path,
+        default=Path(os.environ.get("MOMENTUM_REGISTRY_DIR", "models")),
+        help="model registry directory (default $MOMENTUM_REGISTRY_DIR or ./models)",
+    )
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX and publish it in the registry",
+        description=(
+            "Either export the best model of one window of a backtest run (RUN), or train a "
+            "model on all data up to --end and export it (--model, what production uses). "
+            "Either way the graph follows the one serving contract, is checked against torch "
+            "with onnxruntime, and is published as a new registry version (not promoted)."
+        ),
+    )
+    p.add_argument("run", nargs="?", type=Path, default=None, help="backtest run directory")
+    p.add_argument(
+        "--window", default="last", help="'last' or the first test year of the window (RUN)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="which seed's model (RUN) / seed (--model)")
+    p.add_argument("--name", default=None, help="registry name (default: the run's label)")
+    _registry_option(p)
+    _training_options(p, model_required=False)
+    p.add_argument("--end", default=None, help="last date of training data (--model)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="search directory of --model (default runs/production/<name>-<end>); resumes",
+    )
+
+
+def _promote_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "promote",
+        help="make a registry version the production one",
+        description="Verify a published version and point NAME's production pointer at it.",
+    )
+    p.add_argument("name")
+    p.add_argument("version")
+    _registry_option(p)
+
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list registry versions with their key metrics",
+        description="Every published version (or those of NAME), with its metrics.",
+    )
+    p.add_argument("name", nargs="?", default=None)
+    _registry_option(p)
 
 
 def _report_parser(sub: argparse._SubParsersAction) -> None:
@@ -159,33 +223,106 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backtest(args: argparse.Namespace) -> int:
-    from training.backtest import BacktestConfig, run_backtest
+def _training_config(args: argparse.Namespace, **extra: Any):  # -> BacktestConfig
+    from training.backtest import BacktestConfig
 
-    config = BacktestConfig(
+    return BacktestConfig(
         model=args.model,
         data=args.data,
         label=args.label,
         protocol=args.protocol,
-        first_test_year=args.first_test_year,
-        step_years=args.step_years,
         start_year=args.start_year,
-        end_year=args.end_year,
-        seeds=args.seeds,
         trials=args.trials,
         epochs=args.epochs,
         patience=args.patience,
         workers=args.workers,
-        executor=args.executor,
-        ray_address=args.ray_address,
         turnover_cost_bps=args.turnover_cost,
         seq_len=args.seq_len,
         fixed=args.fixed,
-        cost_bps=tuple(args.cost_bps),
         sectors=args.sectors,
+        **extra,
+    )
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from training.backtest import run_backtest
+
+    config = _training_config(
+        args,
+        first_test_year=args.first_test_year,
+        step_years=args.step_years,
+        end_year=args.end_year,
+        seeds=args.seeds,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        cost_bps=tuple(args.cost_bps),
     )
     run_backtest(config, args.out)
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.publish import export_production, export_window
+
+    if (args.run is None) == (args.model is None):
+        raise ValueError("give either a backtest RUN directory or --model (not both, not neither)")
+    if args.run is not None:
+        version = export_window(
+            args.run, registry=args.registry, window=args.window, seed=args.seed, name=args.name
+        )
+    else:
+        config = _training_config(args)
+        out = (
+            args.out or Path("runs/production") / f"{args.name or config.name}-{args.end or 'all'}"
+        )
+        version = export_production(
+            config, registry=args.registry, out=out, end=args.end, seed=args.seed, name=args.name
+        )
+    print(f"{version.name} {version.version}")
+    print(f"promote it with: momentum-train promote {version.name} {version.version}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from momentum.registry import promote
+
+    version = promote(args.registry, args.name, args.version)
+    print(f"{version.name}: production is now {version.version}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from momentum.registry import list_models, list_versions, load_version, production_version
+
+    names = [args.name] if args.name else list_models(args.registry)
+    if not names:
+        print(f"no models in {args.registry}")
+        return 0
+    header = (
+        f"{'name':<14} {'version':<26} {'model':<11} {'trained to':<11} {'valid':>7} "
+        f"{'test':>7} {'parity':>8}  "
+    )
+    print(header)
+    for name in names:
+        production = production_version(args.registry, name)
+        for version in list_versions(args.registry, name):
+            try:
+                m = load_version(args.registry, name, version).manifest
+            except (LookupError, ValueError) as err:
+                print(f"{name:<14} {version:<26} INVALID: {err}")
+                continue
+            metric = m.metrics
+            parity = max(m.parity_max_abs_diff.values(), default=float("nan"))
+            print(
+                f"{name:<14} {version:<26} {m.model:<11} {m.training_window.valid_end!s:<11} "
+                f"{_fmt(metric.get('valid_sharpe')):>7} {_fmt(metric.get('test_sharpe')):>7} "
+                f"{parity:>8.1e}  {'production' if version == production else ''}"
+            )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -203,18 +340,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     _backtest_parser(sub)
     _report_parser(sub)
     _results_parser(sub)
+    _export_parser(sub)
+    _promote_parser(sub)
+    _models_parser(sub)
     args = parser.parse_args(argv)
     import optuna
 
     # one summary line per trial comes from the backtest itself
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    handlers = {"backtest": _backtest, "report": _report, "results": _results}
+    handlers = {
+        "backtest": _backtest,
+        "report": _report,
+        "results": _results,
+        "export": _export,
+        "promote": _promote,
+        "models": _models,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, LookupError, FileNotFoundError) as err:
         print(f"momentum-train {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from momentum.contract import input_windows, model_values, tradable
 from momentum.features import Features
 from momentum.portfolio import VOL_TARGET, annualised_vol
 
@@ -87,16 +88,15 @@ class ModelData:
 
     @classmethod
     def from_features(cls, features: Features) -> ModelData:
-        values = features.values
-        tradable = np.isfinite(values).all(axis=-1) & np.isfinite(features.vol)
-        labelled = tradable & np.isfinite(features.target)
+        can_trade = tradable(features)
+        labelled = can_trade & np.isfinite(features.target)
         with np.errstate(divide="ignore", invalid="ignore"):
             leverage = VOL_TARGET / annualised_vol(features.vol)
         return cls(
-            x=np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32),
+            x=model_values(features.values),  # the serving contract's values (momentum.contract)
             target=np.where(labelled, features.target, 0.0).astype(np.float32),
-            leverage=np.where(tradable, leverage, 0.0).astype(np.float32),
-            tradable=tradable,
+            leverage=np.where(can_trade, leverage, 0.0).astype(np.float32),
+            tradable=can_trade,
             labelled=labelled,
             features=features,
         )
@@ -207,10 +207,7 @@ class SpatioTemporalLayout(Layout):
     def _inputs(self, data: ModelData, rows: np.ndarray) -> np.ndarray:
         if (rows < self.steps - 1).any():
             raise ValueError(f"rows before {self.steps - 1} have no full lookback window")
-        windows = _windows(data.x, rows, self.steps)  # (rows, lookback, assets, features)
-        return np.ascontiguousarray(
-            windows.transpose(0, 2, 1, 3)
-        )  # (rows, assets, lookback, features)
+        return input_windows(data.x, rows, self.steps)  # (rows, assets, lookback, features)
 
     def _predict_rows(
         self, model: nn.Module, data: ModelData, rows: np.ndarray, device: torch.device

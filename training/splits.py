@@ -21,7 +21,13 @@ import pandas as pd
 
 from training.datasets import label_rows
 
-__all__ = ["ExpandingWindow", "Window"]
+__all__ = ["ExpandingWindow", "Window", "final_split"]
+
+
+def _train_valid(first_row: int, stop: int, valid_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Decision rows of a training block ``[first_row, stop)``: the last share validates."""
+    valid_from = first_row + int(round((stop - first_row) * (1 - valid_fraction)))
+    return label_rows(first_row, valid_from), label_rows(valid_from, stop)
 
 
 @dataclass(frozen=True)
@@ -95,12 +101,37 @@ class ExpandingWindow:
             test_to = int(np.searchsorted(years, min(year + self.step_years, last_year + 1)))
             if test_from >= test_to:
                 continue
-            n_train = test_from - first_row
-            valid_from = first_row + int(round(n_train * (1 - self.valid_fraction)))
+            train, valid = _train_valid(first_row, test_from, self.valid_fraction)
             yield Window(
-                train=label_rows(first_row, valid_from),
-                valid=label_rows(valid_from, test_from),
+                train=train,
+                valid=valid,
                 test=np.arange(test_from, test_to),
                 test_start=dates[test_from],
                 test_end=dates[test_to - 1],
             )
+
+
+def final_split(
+    dates: pd.DatetimeIndex,
+    *,
+    end: pd.Timestamp | None = None,
+    start_year: int | None = None,
+    valid_fraction: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows of a model fit on all data up to `end` (production).
+
+    The same split as each `ExpandingWindow` training block, with the block ending
+    at `end` (inclusive; default the last date). The last date has no label yet,
+    so it is never a training or validation row.
+    """
+    dates = pd.DatetimeIndex(dates)
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"`valid_fraction` must be in (0, 1), got {valid_fraction}")
+    stop = len(dates) if end is None else int(dates.searchsorted(pd.Timestamp(end), side="right"))
+    first_row = 0 if start_year is None else int(np.searchsorted(dates.year, start_year))
+    train, valid = _train_valid(first_row, stop, valid_fraction)
+    if len(train) == 0 or len(valid) == 0:
+        raise ValueError(
+            f"no training or validation rows between {dates[first_row]:%Y-%m-%d} and `end` {end}"
+        )
+    return train, valid

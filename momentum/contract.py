@@ -1,0 +1,93 @@
+"""The one serving contract: how features become the input tensor of every exported model.
+
+Every ONNX graph takes ``features: float32[batch, n_assets, lookback, n_features]``
+(assets in manifest order, oldest step first) and returns
+``positions: float32[batch, n_assets]`` in [-1, 1] for the last step. Training
+(`training.datasets`) and serving (`service`) both build that tensor here, so
+the numbers a model saw in training are the numbers it sees in production.
+
+Features enter unscaled, as in the papers; a NaN feature (warm-up, an asset
+not trading yet) enters as 0 and the asset takes no position that day
+(`tradable`).
+
+>>> import numpy as np
+>>> values = np.arange(12, dtype=float).reshape(3, 2, 2)  # (T=3, N=2, d=2)
+>>> values[0, 1, 0] = np.nan
+>>> x = input_windows(model_values(values), np.array([1, 2]), lookback=2)
+>>> x.shape, x.dtype
+((2, 2, 2, 2), dtype('float32'))
+>>> x[0, 1].tolist()  # asset 1 at row 1: rows 0 and 1, oldest first, NaN -> 0
+[[0.0, 3.0], [6.0, 7.0]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from momentum.features import Features
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "contract_inputs",
+    "input_windows",
+    "model_values",
+    "tradable",
+]
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "positions"
+
+
+def model_values(values: np.ndarray) -> np.ndarray:
+    """Feature values as the models take them: float32, non-finite entries 0.
+
+    Parameters
+    ----------
+    values : ndarray, shape (T, N, d)
+
+    Returns
+    -------
+    ndarray, shape (T, N, d), float32
+    """
+    return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def tradable(features: Features) -> np.ndarray:
+    """Where a position can be taken: every feature and the vol are finite, shape (T, N)."""
+    return np.isfinite(features.values).all(axis=-1) & np.isfinite(features.vol)
+
+
+def input_windows(x: np.ndarray, rows: np.ndarray, lookback: int) -> np.ndarray:
+    """The contract tensor for decision rows `rows`: the last `lookback` steps of each.
+
+    Parameters
+    ----------
+    x : ndarray, shape (T, N, d)
+        Model values (`model_values`).
+    rows : ndarray of int
+        Decision rows; each needs a full window (``row >= lookback - 1``).
+    lookback : int
+
+    Returns
+    -------
+    ndarray, shape (len(rows), N, lookback, d), float32, C-contiguous
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if lookback < 1:
+        raise ValueError(f"`lookback` must be positive, got {lookback}")
+    if x.ndim != 3:
+        raise ValueError(f"`x` must have shape (T, N, d), got {x.shape}")
+    if rows.size and (rows.min() < lookback - 1 or rows.max() >= len(x)):
+        raise ValueError(
+            f"`rows` must lie in [{lookback - 1}, {len(x)}) for a lookback of {lookback}, "
+            f"got {int(rows.min())}..{int(rows.max())}"
+        )
+    index = rows[:, None] - lookback + 1 + np.arange(lookback)[None, :]  # (rows, lookback)
+    windows = x[index]  # (rows, lookback, assets, features)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1, 3), dtype=np.float32)
+
+
+def contract_inputs(features: Features, rows: np.ndarray, lookback: int) -> np.ndarray:
+    """`input_windows` of `features` for `rows`: what a served model is fed."""
+    return input_windows(model_values(features.values), rows, lookback)

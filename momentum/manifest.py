@@ -1,0 +1,314 @@
+"""The manifest that travels with every exported model (``manifest.json`` beside ``model.onnx``).
+
+Written by the exporter (`training.export`), read and checked by the service:
+the manifest says everything needed to serve and audit a model without torch
+and without any per-model code (the ONNX contract is `momentum.contract`).
+`check_manifest` is the one place that decides whether a manifest and its graph
+are consistent with this version of `momentum`; every problem it finds is a
+`ManifestError` naming the field and both values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from momentum.contract import INPUT_NAME, OUTPUT_NAME
+from momentum.features import FEATURES_VERSION, FeatureConfig
+
+__all__ = [
+    "MANIFEST_FILE",
+    "MANIFEST_VERSION",
+    "MODEL_FILE",
+    "QUANTILE_LEVELS",
+    "FeatureSpec",
+    "Manifest",
+    "ManifestError",
+    "OnnxInfo",
+    "OutputSpec",
+    "TrainingWindow",
+    "check_graph_input",
+    "check_manifest",
+    "feature_config",
+    "feature_spec",
+    "fingerprint_prices",
+    "read_manifest",
+    "reference_quantiles",
+    "sha256_file",
+]
+
+MANIFEST_VERSION: Literal[1] = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+# Deciles: the bin edges of the population stability index (service drift metrics).
+QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, malformed, or inconsistent with its model or with `momentum`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """The features a model was trained on: names in input order, their code version, parameters."""
+
+    names: list[str] = Field(min_length=1)
+    version: str
+    config: dict[str, Any]
+
+
+class OutputSpec(_Strict):
+    """One named graph output; ``shape`` uses ``batch``, ``n_assets``, ``lookback``, ``n_features``."""
+
+    name: str
+    shape: list[str]
+    description: str
+
+
+class OnnxInfo(_Strict):
+    """The graph file: its hash, opset, input and outputs."""
+
+    file: str = MODEL_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(gt=0)
+    opset: int = Field(ge=7)
+    input: str = INPUT_NAME
+    outputs: list[OutputSpec] = Field(min_length=1)
+
+    @field_validator("outputs")
+    @classmethod
+    def _positions_first(cls, outputs: list[OutputSpec]) -> list[OutputSpec]:
+        if outputs[0].name != OUTPUT_NAME:
+            raise ValueError(f"the first output must be {OUTPUT_NAME!r}, got {outputs[0].name!r}")
+        return outputs
+
+
+class TrainingWindow(_Strict):
+    """Dates the model learnt from (train), early-stopped on (valid) and was tested on (test)."""
+
+    train_start: date
+    train_end: date
+    valid_start: date
+    valid_end: date
+    test_start: date | None = None
+    test_end: date | None = None
+
+
+class Manifest(_Strict):
+    """Everything needed to serve and audit one exported model (DESIGN.md, "Manifest")."""
+
+    format_version: Literal[1] = MANIFEST_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str = Field(description="registry architecture (slp, dmn, tft, quantnet, ...)")
+    layout: Literal["spatiotemporal", "sequence", "panel"]
+    version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    created: datetime
+    data_source: str
+    data_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    training_window: TrainingWindow
+    tickers: list[str] = Field(min_length=1)
+    markets: list[list[int]]
+    features: FeatureSpec
+    lookback: int = Field(ge=1)
+    hyperparameters: dict[str, Any]
+    config: dict[str, Any] = Field(description="the architecture's config dataclass, every field")
+    seeds: list[int]
+    metrics: dict[str, float | None]
+    quantile_levels: list[float]
+    reference_quantiles: dict[str, list[float]]
+    signal_quantiles: list[float]
+    onnx: OnnxInfo
+    libraries: dict[str, str]
+    parity_max_abs_diff: dict[str, float] = Field(
+        description="max |torch - onnxruntime| of the positions, by batch size"
+    )
+    parity_tolerance: float = Field(gt=0, description="the tolerance the export was held to")
+    source: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if len(set(self.tickers)) != len(self.tickers):
+            raise ValueError("`tickers` has duplicates")
+        flat = sorted(i for market in self.markets for i in market)
+        if self.markets and flat != list(range(len(self.tickers))):
+            raise ValueError("`markets` must partition the asset indices 0..n_assets-1")
+        if set(self.reference_quantiles) != set(self.features.names):
+            raise ValueError(
+                f"`reference_quantiles` must have one entry per feature {self.features.names}, "
+                f"got {sorted(self.reference_quantiles)}"
+            )
+        levels = len(self.quantile_levels)
+        for key, values in [*self.reference_quantiles.items(), ("signal", self.signal_quantiles)]:
+            if len(values) != levels or any(
+                b < a for a, b in zip(values, values[1:], strict=False)
+            ):
+                raise ValueError(
+                    f"quantiles of {key!r} must be {levels} non-decreasing values, got {values}"
+                )
+        return self
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.tickers)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features.names)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Load and validate ``manifest.json``; every schema problem named in one `ManifestError`."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (every model needs its manifest.json)") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise ManifestError(f"{path}: invalid manifest: {problems}") from None
+
+
+def feature_config(spec: FeatureSpec) -> FeatureConfig:
+    """The `FeatureConfig` recorded in a manifest (JSON lists back to tuples)."""
+
+    def tuples(value: Any) -> Any:
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    try:
+        return FeatureConfig(**{k: tuples(v) for k, v in spec.config.items()})
+    except (TypeError, ValueError) as err:
+        raise ManifestError(f"features.config is not a valid FeatureConfig: {err}") from None
+
+
+def feature_spec(config: FeatureConfig) -> FeatureSpec:
+    """The manifest's record of `config` under this version of `momentum.features`."""
+
+    def lists(value: Any) -> Any:
+        return [lists(v) for v in value] if isinstance(value, tuple) else value
+
+    fields = {k: lists(v) for k, v in config.__dict__.items()}
+    return FeatureSpec(names=list(config.names), version=FEATURES_VERSION, config=fields)
+
+
+def check_manifest(
+    manifest: Manifest,
+    *,
+    model_path: str | os.PathLike[str] | None = None,
+    graph_input: Sequence[Any] | None = None,
+    tickers: Sequence[str] | None = None,
+) -> None:
+    """Raise `ManifestError` unless the manifest can be served by this `momentum`.
+
+    Checks that the feature version and names match `momentum.features` (the
+    service recomputes them), and when given: the model file's sha256, the
+    graph's input shape (`check_graph_input`) and the universe served.
+    """
+    if manifest.features.version != FEATURES_VERSION:
+        raise ManifestError(
+            f"{manifest.name} {manifest.version}: features version "
+            f"{manifest.features.version!r} differs from momentum.features {FEATURES_VERSION!r}"
+        )
+    names = list(feature_config(manifest.features).names)
+    if manifest.features.names != names:
+        raise ManifestError(
+            f"{manifest.name} {manifest.version}: feature names {manifest.features.names} differ "
+            f"from what momentum.features computes for that config: {names}"
+        )
+    if model_path is not None:
+        digest = sha256_file(model_path)
+        if digest != manifest.onnx.sha256:
+            raise ManifestError(
+                f"{model_path}: sha256 {digest} does not match the manifest's "
+                f"{manifest.onnx.sha256} (file changed or corrupted)"
+            )
+    if graph_input is not None:
+        check_graph_input(manifest, graph_input)
+    if tickers is not None and list(tickers) != manifest.tickers:
+        missing = [t for t in manifest.tickers if t not in tickers]
+        extra = [t for t in tickers if t not in manifest.tickers]
+        raise ManifestError(
+            f"{manifest.name} {manifest.version}: universe differs from the model's "
+            f"({len(manifest.tickers)} tickers; missing {missing}, extra {extra}"
+            + (", same tickers in another order" if not missing and not extra else "")
+            + ")"
+        )
+
+
+def check_graph_input(manifest: Manifest, shape: Sequence[Any]) -> None:
+    """The graph input must be ``[batch (symbolic), n_assets, lookback, n_features]``.
+
+    `shape` is as onnxruntime reports it (``session.get_inputs()[0].shape``):
+    symbolic axes are strings or None, fixed ones ints.
+    """
+    shape = list(shape)
+    expected = [manifest.n_assets, manifest.lookback, manifest.n_features]
+    if len(shape) != 4:
+        raise ManifestError(f"graph input must have 4 axes, got shape {shape}")
+    if isinstance(shape[0], int):
+        raise ManifestError(f"graph input's batch axis is fixed at {shape[0]}; it must be symbolic")
+    for axis, (got, want) in enumerate(zip(shape[1:], expected, strict=True), 1):
+        if got != want:
+            what = ("n_assets", "lookback", "n_features")[axis - 1]
+            raise ManifestError(
+                f"graph input axis {axis} ({what}) is {got}, the manifest says {want}"
+            )
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_prices(prices: pd.DataFrame) -> str:
+    """sha256 of a price panel: dates, tickers and the float64 closes (NaN included)."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(str(c) for c in prices.columns).encode())
+    digest.update(pd.DatetimeIndex(prices.index).as_unit("ns").asi8.tobytes())
+    digest.update(np.ascontiguousarray(prices.to_numpy(dtype=np.float64)).tobytes())
+    return digest.hexdigest()
+
+
+def reference_quantiles(
+    values: np.ndarray, names: Sequence[str], levels: Sequence[float] = QUANTILE_LEVELS
+) -> dict[str, list[float]]:
+    """Per-feature quantiles over all finite entries of ``values (T, N, d)``.
+
+    The drift monitor bins live features at these edges (population stability
+    index); a feature with no finite value at all is an error.
+    """
+    if values.ndim != 3 or values.shape[-1] != len(names):
+        raise ValueError(f"`values` must have shape (T, N, {len(names)}), got {values.shape}")
+    out = {}
+    for i, name in enumerate(names):
+        column = values[..., i].ravel()
+        column = column[np.isfinite(column)]
+        if column.size == 0:
+            raise ValueError(f"feature {name!r} has no finite value to take quantiles of")
+        out[name] = [float(q) for q in np.quantile(column, levels)]
+    return out

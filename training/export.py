@@ -1,0 +1,362 @@
+"""Export any registry model to the one ONNX serving contract.
+
+Every graph takes ``features: float32[batch, n_assets, lookback, n_features]``
+and returns ``positions: float32[batch, n_assets]`` for the last step
+(`momentum.contract`); a wrapper per layout does the reshaping inside the graph
+so the service has no per-model code:
+
+* spatio-temporal (STMOM SLP, MLP, CNN, LSTM): the contract *is* their input.
+  The SLP also returns its attributions (STMOM: the pre-activation
+  ``W^T u + b`` split into the terms of each input), summed over lags and
+  grouped into the output asset's own inputs and the other assets' inputs.
+* sequence (DMN, TFT): each asset's window becomes one sequence, the ticker ids
+  are graph constants (manifest order), the last step is kept. The TFT also
+  returns its last-step variable-selection weights and attention row.
+* panel (QuantNet): the assets axis moves behind time and the model splits it
+  into markets itself (index buffers in the graph); the last step is kept.
+
+`export_onnx` writes one self-contained file with the dynamo exporter (symbolic
+batch axis, no external data, a stated opset), checks it with `onnx.checker`,
+and measures the torch-vs-onnxruntime difference at batch 1 and 256. The
+positions must agree within `PARITY_TOLERANCE` (absolute), or within four times
+torch's own float32 rounding error (measured against a float64 copy) when that
+is larger; extra outputs within `PARITY_TOLERANCE` relative to their scale.
+Otherwise the export fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from momentum.contract import INPUT_NAME, OUTPUT_NAME
+from momentum.manifest import OutputSpec, sha256_file
+from training.datasets import positions_of
+from training.models import get_spec
+from training.models.slp import Slp
+from training.models.tft import Tft
+
+__all__ = [
+    "OPSET",
+    "PARITY_BATCHES",
+    "PARITY_TOLERANCE",
+    "ExportError",
+    "ExportedGraph",
+    "export_onnx",
+    "onnx_session",
+    "serving_module",
+]
+
+OPSET = 18
+PARITY_BATCHES = (1, 256)
+PARITY_TOLERANCE = 1e-5
+
+_POSITIONS = OutputSpec(
+    name=OUTPUT_NAME,
+    shape=["batch", "n_assets"],
+    description="positions in [-1, 1] for the last step of each window",
+)
+
+
+class ExportError(RuntimeError):
+    """The exported graph is not a faithful copy of the torch model."""
+
+
+class SpatioTemporalServing(nn.Module):
+    """STMOM models already take the contract tensor."""
+
+    outputs = (_POSITIONS,)
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.model(features)  # (batch, assets)
+
+
+class SlpServing(nn.Module):
+    """The SLP plus its attributions, own-asset and cross-asset, per output asset and feature."""
+
+    outputs = (
+        _POSITIONS,
+        OutputSpec(
+            name="attribution_own",
+            shape=["batch", "n_assets", "n_features"],
+            description="pre-activation terms from the asset's own inputs, summed over lags",
+        ),
+        OutputSpec(
+            name="attribution_cross",
+            shape=["batch", "n_assets", "n_features"],
+            description="pre-activation terms from the other assets' inputs, summed over lags",
+        ),
+    )
+
+    def __init__(self, model: Slp) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("diagonal", torch.arange(model.config.n_assets), persistent=False)
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cfg = self.model.config
+        weight = self.model.dense.weight.reshape(
+            cfg.n_assets, cfg.n_assets, cfg.lookback, cfg.n_features
+        )  # (assets_out, assets_in, lookback, features), as Slp.attribution_weights
+        # STMOM: W^T u = sum over (a, t, f) of W[o, a, t, f] * x[a, t, f]
+        total = torch.einsum("oatf,batf->bof", weight, features)  # (batch, assets_out, features)
+        own_weight = weight[self.diagonal, self.diagonal]  # (assets, lookback, features)
+        own = torch.einsum("atf,batf->baf", own_weight, features)  # (batch, assets, features)
+        return self.model(features), own, total - own
+
+
+class SequenceServing(nn.Module):
+    """DMN / TFT: one sequence per asset, ticker ids fixed in the graph, last step kept."""
+
+    def __init__(self, model: nn.Module, n_assets: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n_assets = n_assets
+        self.register_buffer("ticker_ids", torch.arange(n_assets), persistent=False)
+
+    outputs = (_POSITIONS,)
+
+    def _run(self, features: Tensor) -> tuple[Tensor, ...]:
+        _, n_assets, lookback, n_features = features.shape
+        x = features.reshape(-1, lookback, n_features)  # (batch * assets, lookback, features)
+        tickers = self.ticker_ids.repeat(features.shape[0])  # (batch * assets,), asset-major
+        out = self.model(x, tickers)
+        return tuple(out) if isinstance(out, tuple) else (out,)
+
+    def forward(self, features: Tensor) -> Tensor:
+        positions = self._run(features)[0]  # (batch * assets, lookback)
+        return positions[:, -1].reshape(-1, self.n_assets)  # (batch, assets)
+
+
+class TftServing(SequenceServing):
+    """The TFT plus its last-step variable-selection weights and attention row."""
+
+    outputs = (
+        _POSITIONS,
+        OutputSpec(
+            name="variable_weights",
+            shape=["batch", "n_assets", "n_features"],
+            description="variable-selection weights of the last step (each row sums to 1)",
+        ),
+        OutputSpec(
+            name="attention",
+            shape=["batch", "n_assets", "lookback"],
+            description="attention of the last step over the window, averaged over heads",
+        ),
+    )
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        _, n_assets, lookback, n_features = features.shape
+        positions, weights, attention = self._run(features)
+        return (
+            positions[:, -1].reshape(-1, n_assets),  # (batch, assets)
+            weights[:, -1].reshape(-1, n_assets, n_features),  # (batch, assets, features)
+            attention[:, -1].reshape(-1, n_assets, lookback),  # (batch, assets, lookback)
+        )
+
+
+class PanelServing(nn.Module):
+    """QuantNet: all assets at every step; the model splits them into markets."""
+
+    outputs = (_POSITIONS,)
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = features.permute(0, 2, 1, 3)  # (batch, lookback, assets, features)
+        return positions_of(self.model(x))[:, -1]  # (batch, assets)
+
+
+def serving_module(name: str, model: nn.Module, n_assets: int) -> nn.Module:
+    """The contract wrapper of registry model `name` (its ``outputs`` attribute lists outputs)."""
+    layout = get_spec(name).layout
+    if isinstance(model, Slp):
+        return SlpServing(model)
+    if layout == "spatiotemporal":
+        return SpatioTemporalServing(model)
+    if isinstance(model, Tft):
+        return TftServing(model, n_assets)
+    if layout == "sequence":
+        return SequenceServing(model, n_assets)
+    return PanelServing(model)
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    """What `export_onnx` wrote and measured."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    opset: int
+    outputs: tuple[OutputSpec, ...]
+    parity_max_abs_diff: dict[str, float]
+    parity_tolerance: float
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's own chatter, which is not about our models.
+
+    torch.export's internals warn while tracing (pytree LeafSpec and _check_is_size
+    deprecations, nn.LSTM re-assigning its weight cache; the models' forward passes
+    are warning-free in the test suite), and the op registry logs one line per
+    torchvision op it cannot find (torchvision is not a dependency).
+    """
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def onnx_session(path: str | Path):  # -> onnxruntime.InferenceSession
+    """A CPU onnxruntime session (parity checks are about numbers, not devices)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    name: str,
+    model: nn.Module,
+    *,
+    n_assets: int,
+    lookback: int,
+    n_features: int,
+    path: str | Path,
+    parity_batches: Sequence[int] = PARITY_BATCHES,
+    opset: int = OPSET,
+    seed: int = 0,
+) -> ExportedGraph:
+    """Export registry model `name` to `path` under the serving contract and check it.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (``slp``, ``dmn``, ``tft``, ``quantnet``, ...).
+    model : nn.Module
+        The trained module; it is put in eval mode.
+    n_assets, lookback, n_features : int
+        The fixed axes of the contract input (the batch axis stays symbolic).
+    path : str or Path
+        Output file; one self-contained ONNX file.
+    parity_batches : sequence of int
+        Batch sizes of the torch-vs-onnxruntime check on random inputs.
+
+    Raises
+    ------
+    ExportError
+        The graph breaks the contract or differs from torch by more than
+        `PARITY_TOLERANCE` at some batch size.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    wrapper = serving_module(name, model, n_assets).eval()
+    outputs = tuple(wrapper.outputs)
+    generator = torch.Generator().manual_seed(seed)
+    # a batch of 2: a batch of 1 can let the exporter specialise the axis to 1
+    example = torch.randn(2, n_assets, lookback, n_features, generator=generator)
+    with _quiet_exporter():
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
+            input_names=[INPUT_NAME],
+            output_names=[o.name for o in outputs],
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path))
+    session = onnx_session(path)
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or isinstance(inputs[0].shape[0], int):
+        raise ExportError(
+            f"{path}: input must be {INPUT_NAME!r} with a symbolic batch axis, got "
+            f"{[(i.name, i.shape) for i in inputs]}"
+        )
+    names = [o.name for o in session.get_outputs()]
+    if names != [o.name for o in outputs]:
+        raise ExportError(f"{path}: outputs {names}, expected {[o.name for o in outputs]}")
+    differences = {}
+    tolerance = PARITY_TOLERANCE
+    for batch in parity_batches:
+        x = torch.randn(batch, n_assets, lookback, n_features, generator=generator)
+        tolerance = max(tolerance, 4 * float32_rounding(wrapper, x))
+        positions, extras = parity(wrapper, session, x)
+        differences[str(batch)] = positions
+        if not (positions <= tolerance and extras <= PARITY_TOLERANCE):
+            raise ExportError(
+                f"{name}: onnxruntime differs from torch at batch {batch}: positions by "
+                f"{positions:.3g} (absolute, tolerance {tolerance:.3g}), other outputs by "
+                f"{extras:.3g} (relative, tolerance {PARITY_TOLERANCE})"
+            )
+    return ExportedGraph(
+        path=path,
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        opset=opset,
+        outputs=outputs,
+        parity_max_abs_diff=differences,
+        parity_tolerance=tolerance,
+    )
+
+
+def float32_rounding(wrapper: nn.Module, x: Tensor) -> float:
+    """How far torch's own float32 positions are from a float64 copy of the model on `x`.
+
+    A trained model with large pre-activations (an SLP summing hundreds of
+    inputs) rounds to ~1e-5 in float32 whatever runs it; the export check allows
+    onnxruntime a few times that, never less than `PARITY_TOLERANCE`.
+    """
+    wide = copy.deepcopy(wrapper).double()
+    with torch.no_grad():
+        single = positions_of(wrapper(x))
+        double = positions_of(wide(x.double()))
+    return float((single.double() - double).abs().max())
+
+
+def parity(wrapper: nn.Module, session, x: Tensor) -> tuple[float, float]:
+    """Torch vs onnxruntime on `x`: max abs difference of the positions, and the largest
+    difference of any extra output relative to its scale (``max(1, max |torch value|)``).
+
+    Positions live in [-1, 1], so their tolerance is absolute; extra outputs such
+    as SLP attributions are unbounded sums, so theirs is relative.
+    """
+    with torch.no_grad():
+        expected = wrapper(x)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = session.run(None, {INPUT_NAME: x.numpy()})
+    diffs = [
+        float(np.max(np.abs(g - e.numpy()), initial=0.0))
+        / (1.0 if i == 0 else max(1.0, float(e.abs().max())))
+        for i, (g, e) in enumerate(zip(got, expected, strict=True))
+    ]
+    return diffs[0], max(diffs[1:], default=0.0)

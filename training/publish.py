@@ -1,0 +1,355 @@
+"""Put trained models into the registry: from a backtest window, or trained for production.
+
+`export_window` takes the best model of one window of a backtest run (the
+run's config says how its data and features were built); `export_production`
+searches and trains a model on all data up to a date, as production does
+(same protocol budgets as a backtest window). Both export the model to the
+serving contract (`training.export`), write a manifest (`momentum.manifest`)
+and publish both into the registry (`momentum.registry`) as a new version;
+promoting it is a separate, explicit step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import platform
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from momentum.contract import contract_inputs, tradable
+from momentum.data import load_prices
+from momentum.features import FeatureConfig, Features, compute_features
+from momentum.manifest import (
+    QUANTILE_LEVELS,
+    Manifest,
+    TrainingWindow,
+    feature_spec,
+    fingerprint_prices,
+    reference_quantiles,
+)
+from momentum.metrics import max_drawdown, sharpe_ratio
+from momentum.portfolio import captured_returns, portfolio_returns, turnover
+from momentum.registry import ModelVersion, publish, version_id
+from training.backtest import BacktestConfig, universe_for
+from training.datasets import ModelData
+from training.export import ExportedGraph, export_onnx, onnx_session
+from training.models import Universe, get_spec
+from training.search import load_trial_model, run_search
+from training.splits import final_split
+from training.train import TrainConfig, split_hyperparameters
+
+__all__ = ["export_production", "export_window", "lookback_of", "window_directory"]
+
+# rows per onnxruntime call when computing the reference signal distribution
+_CHUNK_WINDOWS = 8192
+
+
+def lookback_of(name: str, model_config: Any, hyper: dict[str, Any], default_seq_len: int) -> int:
+    """Steps of history the served graph takes: the STMOM lookback or the sequence length."""
+    if get_spec(name).layout == "spatiotemporal":
+        return int(model_config.lookback)
+    train_part = split_hyperparameters(get_spec(name), hyper)[1]
+    return int(train_part.get("seq_len", default_seq_len))
+
+
+def window_directory(run: Path, seed: int, window: str) -> Path:
+    """``RUN/seed_<seed>/window_<year>`` of a finished window; ``window="last"`` picks the latest."""
+    seed_dir = run / f"seed_{seed}"
+    done = sorted(p.parent for p in seed_dir.glob("window_*/signals.parquet"))
+    if not done:
+        raise FileNotFoundError(f"{seed_dir}: no finished window (no signals.parquet)")
+    if window == "last":
+        return done[-1]
+    path = seed_dir / f"window_{window}"
+    if path not in done:
+        raise FileNotFoundError(
+            f"{path}: not a finished window; finished: {[p.name.removeprefix('window_') for p in done]}"
+        )
+    return path
+
+
+def _signal_quantiles(
+    graph: ExportedGraph, features: Features, rows: np.ndarray, lookback: int
+) -> list[float]:
+    """Deciles of the exported model's positions on `rows` (tradable entries only)."""
+    session = onnx_session(graph.path)
+    n_assets = len(features.tickers)
+    chunk = max(1, _CHUNK_WINDOWS // n_assets)
+    positions = []
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo : lo + chunk]
+        out = session.run(["positions"], {"features": contract_inputs(features, part, lookback)})[0]
+        positions.append(out[tradable(features)[part]])
+    values = np.concatenate(positions)
+    return [float(q) for q in np.quantile(values, QUANTILE_LEVELS)]
+
+
+def _libraries() -> dict[str, str]:
+    names = ["numpy", "pandas", "onnx", "onnxscript", "deep-momentum"]
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    for runtime in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[runtime] = importlib.metadata.version(runtime)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _publish(
+    *,
+    name: str,
+    architecture: str,
+    model: nn.Module,
+    model_config: Any,
+    lookback: int,
+    prices: pd.DataFrame,
+    data_source: str,
+    features: Features,
+    universe: Universe,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray,
+    hyper: dict[str, Any],
+    seeds: list[int],
+    metrics: dict[str, float | None],
+    source: dict[str, Any],
+    test_span: tuple[pd.Timestamp, pd.Timestamp] | None,
+    registry: Path,
+    log: Callable[[str], None],
+) -> ModelVersion:
+    spec = get_spec(architecture)
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"exporting {architecture} ({universe.n_assets} assets, lookback {lookback})")
+        graph = export_onnx(
+            architecture,
+            model,
+            n_assets=universe.n_assets,
+            lookback=lookback,
+            n_features=universe.n_features,
+            path=Path(tmp) / "model.onnx",
+        )
+        log(
+            f"parity torch vs onnxruntime, max abs difference by batch: {graph.parity_max_abs_diff}"
+        )
+        dates = features.dates
+        created = datetime.now(UTC)
+        manifest = Manifest(
+            name=name,
+            model=architecture,
+            layout=spec.layout,
+            version=version_id(created, graph.sha256),
+            created=created,
+            data_source=data_source,
+            data_fingerprint=fingerprint_prices(prices),
+            training_window=TrainingWindow(
+                train_start=dates[train_rows[0]].date(),
+                train_end=dates[train_rows[-1]].date(),
+                valid_start=dates[valid_rows[0]].date(),
+                valid_end=dates[valid_rows[-1]].date(),
+                test_start=None if test_span is None else test_span[0].date(),
+                test_end=None if test_span is None else test_span[1].date(),
+            ),
+            tickers=list(universe.tickers),
+            markets=[list(m) for m in universe.markets],
+            features=feature_spec(features.config),
+            lookback=lookback,
+            hyperparameters=hyper,
+            config=dataclasses.asdict(model_config),
+            seeds=seeds,
+            metrics={k: _finite_or_none(v) for k, v in metrics.items()},
+            quantile_levels=list(QUANTILE_LEVELS),
+            reference_quantiles=reference_quantiles(
+                features.values[train_rows[0] : valid_rows[-1] + 1], features.names
+            ),
+            signal_quantiles=_signal_quantiles(graph, features, valid_rows, lookback),
+            onnx={
+                "sha256": graph.sha256,
+                "size_bytes": graph.size_bytes,
+                "opset": graph.opset,
+                "outputs": [o.model_dump() for o in graph.outputs],
+            },
+            libraries=_libraries(),
+            parity_max_abs_diff=graph.parity_max_abs_diff,
+            parity_tolerance=graph.parity_tolerance,
+            source=source,
+        )
+        version = publish(registry, graph.path, manifest)
+    log(f"published {name} {version.version} -> {version.path}")
+    return version
+
+
+def _test_metrics(signals: pd.DataFrame, tickers: tuple[str, ...]) -> dict[str, float | None]:
+    """Out-of-sample Sharpe, max drawdown and average daily turnover of a window's signals."""
+    wide = {
+        column: signals.pivot(index="date", columns="ticker", values=column).reindex(
+            columns=list(tickers)
+        )
+        for column in ("signal", "vol", "next_return")
+    }
+    signal, vol = wide["signal"].to_numpy(), wide["vol"].to_numpy()
+    daily = portfolio_returns(captured_returns(signal, wide["next_return"].to_numpy(), vol))
+    daily = daily[np.isfinite(daily)]
+    return {
+        "test_sharpe": float(sharpe_ratio(daily)),
+        "test_max_drawdown": float(max_drawdown(daily)),
+        "test_turnover": float(np.nanmean(portfolio_returns(turnover(signal, vol)))),
+    }
+
+
+def export_window(
+    run: str | Path,
+    *,
+    registry: str | Path,
+    window: str = "last",
+    seed: int = 0,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelVersion:
+    """Publish the best model of one window of backtest run `run` as a new registry version.
+
+    Parameters
+    ----------
+    run : path
+        A backtest run directory (`training.backtest.run_backtest`).
+    registry : path
+        The registry root.
+    window : str
+        ``"last"`` or the first test year of the window (``"2020"``).
+    seed : int
+        Which seed's model.
+    name : str, optional
+        Registry name; default the run's label.
+    """
+    run = Path(run)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run}: not a backtest run (no config.json)")
+    config = BacktestConfig.from_resolved(json.loads(config_path.read_text()))
+    directory = window_directory(run, seed, window)
+    best = json.loads((directory / "best.json").read_text())
+    model, model_config = load_trial_model(directory, best["trial"])
+    prices = load_prices(config.data)
+    features = compute_features(prices, FeatureConfig())
+    universe = universe_for(config, features)
+    hyper = dict(best["params"])
+    lookback = lookback_of(config.model, model_config, hyper, config.seq_len)
+    train = np.arange(best["train_rows"][0], best["train_rows"][1] + 1)
+    valid = np.arange(best["valid_rows"][0], best["valid_rows"][1] + 1)
+    metrics = {
+        "valid_sharpe": best["valid_sharpe"],
+        **_test_metrics(pd.read_parquet(directory / "signals.parquet"), features.tickers),
+    }
+    return _publish(
+        name=name or config.name,
+        architecture=config.model,
+        model=model,
+        model_config=model_config,
+        lookback=lookback,
+        prices=prices,
+        data_source=config.data,
+        features=features,
+        universe=universe,
+        train_rows=train,
+        valid_rows=valid,
+        hyper=hyper,
+        seeds=[seed],
+        metrics=metrics,
+        source={"run": str(run.resolve()), "seed": seed, "window": directory.name, **best},
+        test_span=(pd.Timestamp(best["test_start"]), pd.Timestamp(best["test_end"])),
+        registry=Path(registry),
+        log=log,
+    )
+
+
+def export_production(
+    config: BacktestConfig,
+    *,
+    registry: str | Path,
+    out: str | Path,
+    end: str | pd.Timestamp | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelVersion:
+    """Search and train `config.model` on all data up to `end`, then publish it.
+
+    The last 10% of the data up to `end` validates (early stopping and trial
+    selection), exactly as in each backtest window; `config`'s protocol gives
+    the budget (trials, epochs, patience), its ``fixed`` pins hyperparameters.
+    The search lives in `out` and resumes if interrupted.
+    """
+    prices = load_prices(config.data)
+    if end is not None:
+        prices = prices.loc[: pd.Timestamp(end)]
+    features = compute_features(prices, FeatureConfig())
+    data = ModelData.from_features(features)
+    universe = universe_for(config, features)
+    train, valid = final_split(features.dates, start_year=config.start_year)
+    budget = config.budget
+    base = TrainConfig(
+        max_epochs=budget.max_epochs,
+        patience=budget.patience,
+        cost_bps=config.turnover_cost_bps,
+        seq_len=config.seq_len,
+        seed=seed,
+    )
+    log(
+        f"training {config.model} on {config.data} up to {features.dates[-1]:%Y-%m-%d}: "
+        f"{len(train)} train / {len(valid)} valid rows, {budget.trials} trials"
+    )
+    result = run_search(
+        config.model,
+        data,
+        universe,
+        train,
+        valid,
+        directory=out,
+        n_trials=budget.trials,
+        base=base,
+        workers=config.workers,
+        seed=seed,
+        fixed=config.fixed,
+        progress=lambda r: log(
+            f"  trial {r['complete']}/{r['of']}: valid Sharpe {r['value']:.3f} (best {r['best']:.3f})"
+        ),
+    )
+    model, model_config = load_trial_model(out, result.best_trial)
+    hyper = {**config.fixed, **result.best_params}
+    return _publish(
+        name=name or config.name,
+        architecture=config.model,
+        model=model,
+        model_config=model_config,
+        lookback=lookback_of(config.model, model_config, hyper, config.seq_len),
+        prices=prices,
+        data_source=config.data,
+        features=features,
+        universe=universe,
+        train_rows=train,
+        valid_rows=valid,
+        hyper=hyper,
+        seeds=[seed],
+        metrics={"valid_sharpe": result.best_value},
+        source={"search": str(Path(out).resolve()), "trial": result.best_trial},
+        test_span=None,
+        registry=Path(registry),
+        log=log,
+    )
