@@ -1,0 +1,557 @@
+"""Ingest closes: validate a batch, a file or the embedded replay, then store it atomically.
+
+Three entry points feed the ``closes`` table of :mod:`service.store`:
+
+* :func:`ingest_closes` -- a long batch ``(date, ticker, close)``, e.g. from gRPC
+  ``IngestCloses``;
+* :func:`ingest_file` -- a CSV / Parquet file, wide or long, read and checked by
+  :func:`momentum.data.load_prices` (the same loader training uses);
+* :func:`replay_rows` -- the embedded data session by session, as a live feed would send it.
+
+Each row is checked for: a known ticker (in the universe), a date that is a session of the
+exchange calendar and not in the future (in the exchange's time zone), a finite positive close,
+no conflicting duplicate inside the batch, and no conflict with a close already stored for the
+same date and ticker (beyond a relative difference of 1e-12). Re-sending a stored close is a
+no-op; ``correction=True`` overwrites conflicting stored closes and logs each change (table
+``close_corrections`` and a WARNING log line). A batch with *any* rejected row is rejected
+whole: nothing is stored, and every offending row is reported with its reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import exchange_calendars as xcals
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from momentum.data import PriceDataError, load_prices
+from service import store
+from service.calendar import as_date, exchange_today, get_calendar, sessions_between
+
+__all__ = [
+    "CLOSE_RTOL",
+    "IngestResult",
+    "Rejection",
+    "ingest_closes",
+    "ingest_file",
+    "panel_rows",
+    "replay_rows",
+]
+
+log = logging.getLogger(__name__)
+
+CLOSE_RTOL = 1e-12
+"""Two closes are the same if they differ by at most this fraction of the larger one."""
+
+_COLUMNS = ("date", "ticker", "close")
+_MAX_SHOWN = 5  # rows listed in one duplicate message
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why one row of a batch (or a whole file) was refused.
+
+    Attributes
+    ----------
+    row : int
+        1-based row of the batch (for :func:`ingest_file`: the position of the close in
+        :func:`panel_rows` order, i.e. by date, then by ticker column); ``-1``: the file as a
+        whole could not be loaded.
+    date : pandas.Timestamp or None
+        The row's date when it could be parsed.
+    ticker : str or None
+        The row's ticker when there is one.
+    reason : str
+        What is wrong; several problems of one row are joined by ``"; "``.
+    """
+
+    row: int
+    date: pd.Timestamp | None
+    ticker: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = [f"row {self.row}" if self.row >= 0 else "file"]
+        if self.date is not None:
+            where.append(f"date {self.date:%Y-%m-%d}")
+        if self.ticker:
+            where.append(f"ticker {self.ticker}")
+        return f"{', '.join(where)}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Outcome of one ingest call.
+
+    Attributes
+    ----------
+    accepted : int
+        Closes newly stored.
+    unchanged : int
+        Rows identical to a stored close or to an earlier row of the batch (no-ops).
+    corrected : int
+        Stored closes overwritten (only with ``correction=True``).
+    rejections : list[Rejection]
+        Empty on success. When not empty, nothing was stored (all counts are 0).
+    """
+
+    accepted: int
+    unchanged: int
+    corrected: int
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the batch was stored (no row was rejected)."""
+        return not self.rejections
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (
+                f"stored {self.accepted} new closes, {self.corrected} corrected, "
+                f"{self.unchanged} unchanged"
+            )
+        lines = [f"rejected: {len(self.rejections)} bad rows, nothing stored"]
+        return "\n".join(lines + [f"  {r}" for r in self.rejections])
+
+
+# --------------------------------------------------------------------------------------------
+# batches
+# --------------------------------------------------------------------------------------------
+
+
+def ingest_closes(
+    engine: sa.Engine | sa.Connection,
+    rows: pd.DataFrame,
+    *,
+    universe: Sequence[str],
+    calendar: str | xcals.ExchangeCalendar,
+    today: Any = None,
+    correction: bool = False,
+    source: str = "batch",
+) -> IngestResult:
+    """Validate a batch of closes and store it in one transaction, or reject it whole.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine or sqlalchemy.Connection
+        The store (a connection joins the caller's transaction).
+    rows : pandas.DataFrame
+        Long: exactly the columns ``date, ticker, close`` (any case), one row per close,
+        shape ``(n_rows, 3)``. Dates are ISO strings, ``datetime.date`` or timestamps (a time
+        of day is dropped, a time zone removed: the wall-clock date counts); closes numbers or
+        numeric strings.
+    universe : sequence of str
+        The tickers the service trades; any other ticker is rejected.
+    calendar : str or exchange_calendars.ExchangeCalendar
+        Exchange calendar (e.g. ``"XNYS"``): only its sessions are accepted.
+    today : date-like, optional
+        Today in the exchange's time zone (tests inject it); later dates are "in the future".
+        Default: the current date in the calendar's time zone.
+    correction : bool, default False
+        Overwrite stored closes that conflict with the batch (logged in
+        ``close_corrections``) instead of rejecting those rows.
+    source : str, default "batch"
+        Recorded with each stored close.
+
+    Returns
+    -------
+    IngestResult
+        ``accepted + unchanged + corrected == len(rows)`` on success; on rejection every
+        count is 0 and ``rejections`` lists each bad row (in row order) with its reasons.
+
+    Raises
+    ------
+    ValueError
+        ``rows`` does not have the three columns, or an argument is invalid (a programming
+        error, not bad data).
+    """
+    allowed = _universe(universe)
+    cal = get_calendar(calendar)
+    day = exchange_today(cal) if today is None else as_date(today, "today")
+    if not isinstance(correction, bool):
+        raise TypeError(f"`correction` must be a bool, got {type(correction).__name__}")
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"`source` must be a non-empty string, got {source!r}")
+    batch = _normalise(rows)
+    if len(batch) == 0:
+        return IngestResult(0, 0, 0, [])
+
+    reasons: list[list[str]] = [[] for _ in range(len(batch))]
+    _check_tickers(batch, allowed, reasons)
+    _check_dates(batch, cal, day, reasons)
+    _check_closes(batch, reasons)
+    repeat = _check_duplicates(batch, reasons)  # True: identical copy of an earlier row
+
+    with store.transaction(engine) as conn:
+        # The stored closes are read inside the write transaction, so the conflict check and
+        # the write see the same table.
+        candidates = ~repeat & np.array([not r for r in reasons])
+        stored = np.full(len(batch), np.nan)
+        if candidates.any():
+            stored[candidates] = store.stored_closes(conn, batch.loc[candidates]).to_numpy()
+        has_stored = ~np.isnan(stored)
+        closes = batch["close"].to_numpy(dtype=np.float64)
+        differs = has_stored & ~_same(closes, stored)
+        if not correction:
+            for i in np.flatnonzero(differs).tolist():
+                reasons[i].append(
+                    f"conflicts with the stored close {float(stored[i])!r} (got "
+                    f"{float(closes[i])!r}); send it with the correction flag to overwrite"
+                )
+        dates = pd.DatetimeIndex(batch["date"])
+        tickers = [str(t) for t in batch["ticker"]]
+        rejections = [
+            Rejection(
+                row=i + 1,
+                date=None if dates[i] is pd.NaT else dates[i],
+                ticker=tickers[i] or None,
+                reason="; ".join(r),
+            )
+            for i, r in enumerate(reasons)
+            if r
+        ]
+        if rejections:
+            log.warning("rejected a batch of %d closes: %d bad rows", len(batch), len(rejections))
+            return IngestResult(0, 0, 0, rejections)
+
+        new = candidates & ~has_stored
+        store.insert_closes(conn, batch.loc[new, list(_COLUMNS)], source=source)
+        corrected = batch.loc[differs, list(_COLUMNS)]
+        if len(corrected):
+            store.correct_closes(conn, corrected, source=source)
+            for (_, row), old in zip(corrected.iterrows(), stored[differs], strict=True):
+                log.warning(
+                    "corrected close of %s on %s: %r -> %r (source %s)",
+                    row["ticker"],
+                    f"{row['date']:%Y-%m-%d}",
+                    float(old),
+                    float(row["close"]),
+                    source,
+                )
+    result = IngestResult(
+        accepted=int(new.sum()),
+        unchanged=int(repeat.sum() + (has_stored & ~differs).sum()),
+        corrected=len(corrected),
+        rejections=[],
+    )
+    log.info("ingested closes from %s: %s", source, result)
+    return result
+
+
+def _universe(universe: Sequence[str]) -> frozenset[str]:
+    if isinstance(universe, str) or not isinstance(universe, Sequence | pd.Index | np.ndarray):
+        raise TypeError("`universe` must be a sequence of ticker strings")
+    tickers = frozenset(str(t) for t in universe)
+    if not tickers:
+        raise ValueError("`universe` is empty")
+    return tickers
+
+
+def _normalise(rows: pd.DataFrame) -> pd.DataFrame:
+    """(date: datetime64 with NaT, ticker: str, close: float64, raw_date, raw_close)."""
+    if not isinstance(rows, pd.DataFrame):
+        raise TypeError(f"`rows` must be a pandas DataFrame, got {type(rows).__name__}")
+    names = [str(c).strip().lower() for c in rows.columns]
+    if sorted(names) != sorted(_COLUMNS):
+        raise ValueError(
+            f"`rows` must have exactly the columns date, ticker, close, got {list(rows.columns)}"
+        )
+    columns = {name: rows.iloc[:, k] for k, name in enumerate(names)}
+    raw_dates, raw_tickers, raw_closes = (columns[c] for c in _COLUMNS)
+    return pd.DataFrame(
+        {
+            "date": _parse_dates(raw_dates),
+            "ticker": [_text(t) for t in raw_tickers],
+            "close": pd.to_numeric(raw_closes, errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+            if not pd.api.types.is_bool_dtype(raw_closes)
+            else np.full(len(rows), np.nan),
+            "raw_date": raw_dates.to_numpy(dtype=object),
+            "raw_close": raw_closes.to_numpy(dtype=object),
+        }
+    )
+
+
+def _parse_dates(raw: pd.Series) -> pd.DatetimeIndex:
+    """Dates to tz-naive midnights (the wall-clock date), NaT where unparseable."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        index = pd.DatetimeIndex(raw)
+        if index.tz is not None:
+            index = index.tz_localize(None)
+        return index.normalize()
+    return pd.DatetimeIndex([_one_date(v) for v in raw]).normalize()
+
+
+def _one_date(value: Any) -> pd.Timestamp | None:
+    """One date cell -> Timestamp (time and zone kept for the caller to drop), None if bad."""
+    try:
+        if isinstance(value, str):
+            # ISO 8601 only: "01/02/2022" means different dates on either side of the Atlantic.
+            stamp = pd.Timestamp(datetime.fromisoformat(value.strip()))
+        elif _is_missing(value) or (isinstance(value, float) and math.isnan(value)):
+            return None
+        else:
+            stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if stamp is pd.NaT:
+        return None
+    return stamp.tz_localize(None) if stamp.tz is not None else stamp
+
+
+def _is_missing(value: Any) -> bool:
+    """None, pd.NA, NaT or blank text: no value was sent (a float NaN *was* sent)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _text(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _check_tickers(batch: pd.DataFrame, allowed: frozenset[str], reasons: list[list[str]]) -> None:
+    for i, ticker in enumerate(batch["ticker"]):
+        if not ticker:
+            reasons[i].append("ticker is missing")
+        elif ticker not in allowed:
+            reasons[i].append(f"unknown ticker {ticker!r} (not in the universe)")
+
+
+def _check_dates(
+    batch: pd.DataFrame,
+    cal: xcals.ExchangeCalendar,
+    today: pd.Timestamp,
+    reasons: list[list[str]],
+) -> None:
+    dates = pd.DatetimeIndex(batch["date"])
+    first, last = cal.first_session, cal.last_session
+    known = dates.notna() & (dates >= first) & (dates <= last) & (dates <= today)
+    sessions = pd.DatetimeIndex([])
+    if known.any():
+        sessions = sessions_between(cal, dates[known].min(), dates[known].max())
+    is_session = dates.isin(sessions)
+    for i, date in enumerate(dates):
+        if date is pd.NaT:
+            raw: Any = batch["raw_date"].iat[i]
+            missing = _is_missing(raw) or (isinstance(raw, float) and math.isnan(raw))
+            reasons[i].append(
+                "date is missing" if missing else f"cannot parse date {raw!r} (use YYYY-MM-DD)"
+            )
+        elif date > today:
+            reasons[i].append(
+                f"date {date:%Y-%m-%d} is in the future (today is {today:%Y-%m-%d} in {cal.tz})"
+            )
+        elif date < first or date > last:
+            reasons[i].append(
+                f"date {date:%Y-%m-%d} is outside the {cal.name} calendar "
+                f"({first:%Y-%m-%d} .. {last:%Y-%m-%d})"
+            )
+        elif not is_session[i]:
+            reasons[i].append(
+                f"date {date:%Y-%m-%d} ({date:%A}) is not a session of the {cal.name} calendar"
+            )
+
+
+def _check_closes(batch: pd.DataFrame, reasons: list[list[str]]) -> None:
+    for i, (close, raw) in enumerate(zip(batch["close"], batch["raw_close"], strict=True)):
+        if _is_missing(raw):
+            reasons[i].append("close is missing")
+        elif math.isnan(close) and not isinstance(raw, float | np.floating):
+            reasons[i].append(f"close {raw!r} is not a number")
+        elif not math.isfinite(close):
+            reasons[i].append(f"close {close!r} is not finite")
+        elif close <= 0:
+            reasons[i].append(f"close {close!r} is not positive")
+
+
+def _check_duplicates(batch: pd.DataFrame, reasons: list[list[str]]) -> np.ndarray:
+    """Reject (date, ticker) pairs sent twice with different closes; flag identical copies.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n_rows,)``, bool: the row repeats an earlier identical row (a no-op).
+    """
+    repeat = np.zeros(len(batch), dtype=bool)
+    keyed = np.flatnonzero((batch["date"].notna() & (batch["ticker"] != "")).to_numpy())
+    groups = batch.iloc[keyed].groupby(["date", "ticker"], sort=False).indices
+    closes = batch["close"].to_numpy()
+    for positions in groups.values():
+        if len(positions) < 2:
+            continue
+        members = keyed[positions]  # positions in the batch, increasing
+        first = members[0]
+        if np.all(_same(closes[members], np.full(len(members), closes[first]))):
+            repeat[members[1:]] = True
+            continue
+        rows = ", ".join(str(i + 1) for i in members[:_MAX_SHOWN])
+        values = ", ".join(repr(float(closes[i])) for i in members[:_MAX_SHOWN])
+        more = ", ..." if len(members) > _MAX_SHOWN else ""
+        for i in members:
+            reasons[i].append(
+                f"the batch gives different closes for this date and ticker "
+                f"(rows {rows}{more}: {values}{more})"
+            )
+    return repeat
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise: equal within :data:`CLOSE_RTOL` of the larger magnitude (NaN: False)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(a - b) <= CLOSE_RTOL * np.maximum(np.abs(a), np.abs(b))
+
+
+# --------------------------------------------------------------------------------------------
+# files and the embedded replay
+# --------------------------------------------------------------------------------------------
+
+
+def panel_rows(prices: pd.DataFrame) -> pd.DataFrame:
+    """A wide price panel as a long batch for :func:`ingest_closes`.
+
+    Parameters
+    ----------
+    prices : pandas.DataFrame
+        Shape ``(n_dates, n_tickers)``, the :mod:`momentum.data` panel contract.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``date, ticker, close``: one row per non-NaN cell, by date, then in column
+        order; shape ``(n_closes, 3)``.
+
+    Examples
+    --------
+    >>> panel = pd.DataFrame({"A": [1.0, 2.0], "B": [np.nan, 3.0]},
+    ...                      index=pd.to_datetime(["2022-01-03", "2022-01-04"]))
+    >>> panel_rows(panel)["ticker"].tolist()
+    ['A', 'A', 'B']
+    """
+    values = prices.to_numpy(dtype=np.float64)
+    i, k = np.nonzero(~np.isnan(values))  # row-major: date first, then column order
+    return pd.DataFrame(
+        {
+            "date": pd.DatetimeIndex(prices.index)[i],
+            "ticker": np.asarray(prices.columns, dtype=object)[k],
+            "close": values[i, k],
+        }
+    )
+
+
+def ingest_file(
+    engine: sa.Engine | sa.Connection,
+    path: str | os.PathLike[str],
+    *,
+    universe: Sequence[str],
+    calendar: str | xcals.ExchangeCalendar,
+    today: Any = None,
+    correction: bool = False,
+    source: str | None = None,
+) -> IngestResult:
+    """Validate and store the closes of a CSV or Parquet file (wide or long).
+
+    The file is read and checked by :func:`momentum.data.load_prices` (the training loader)
+    with ``max_fill=0``: a close missing inside a ticker's history is never invented here
+    (the cycle's stale-data policy decides what a missing close means). Its closes then go
+    through :func:`ingest_closes`.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine or sqlalchemy.Connection
+    path : str or path-like
+        ``.csv``, ``.csv.gz``, ``.parquet`` or ``.pq``; layouts as for ``load_prices``. (A
+        name in :data:`momentum.data.EMBEDDED` loads that embedded dataset.)
+    universe, calendar, today, correction
+        As for :func:`ingest_closes`.
+    source : str, optional
+        Recorded with each close; default the file name.
+
+    Returns
+    -------
+    IngestResult
+        A malformed file -- anything the loader refuses: unreadable, bad header, unparseable
+        date, non-numeric or non-positive close, duplicate rows, a gap inside a ticker's
+        history -- gives exactly one :class:`Rejection` with ``row=-1``, the loader's message
+        as ``reason`` (it names the file and, where it applies, the row, date and ticker) and
+        the loader's date and ticker. Nothing is stored.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist (not a data problem: nothing to report per row).
+    """
+    label = os.fspath(path)
+    try:
+        prices = load_prices(path, max_fill=0)
+    except PriceDataError as exc:
+        log.warning("rejected file %s: %s", label, exc)
+        return IngestResult(0, 0, 0, [Rejection(-1, exc.date, exc.ticker, str(exc))])
+    return ingest_closes(
+        engine,
+        panel_rows(prices),
+        universe=universe,
+        calendar=calendar,
+        today=today,
+        correction=correction,
+        source=Path(label).name if source is None else source,
+    )
+
+
+def replay_rows(
+    start: Any, end: Any = None, *, name: str = "sp500"
+) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
+    """The embedded data, one session at a time, as a live feed would deliver it.
+
+    Parameters
+    ----------
+    start : date-like
+        First date to replay.
+    end : date-like, optional
+        Last date to replay (inclusive); default the last date of the data.
+    name : str, default "sp500"
+        Dataset for :func:`momentum.data.load_prices` (an embedded name or a price file).
+
+    Returns
+    -------
+    Iterator[tuple[pandas.Timestamp, pandas.DataFrame]]
+        For each date of the data in ``[start, end]``, in order: the date and its closes as a
+        long batch (columns ``date, ticker, close``; tickers without a close that day are
+        absent), ready for :func:`ingest_closes`.
+
+    Raises
+    ------
+    ValueError
+        ``start`` is after ``end``, or the data has no date in the range (raised at the call,
+        not at the first ``next``).
+    """
+    first = as_date(start, "start")
+    prices = load_prices(name)
+    last = prices.index[-1] if end is None else as_date(end, "end")
+    if first > last:
+        raise ValueError(f"`start` {first:%Y-%m-%d} is after `end` {last:%Y-%m-%d}")
+    window = prices.loc[first:last]
+    if window.empty:
+        raise ValueError(
+            f"{name} has no dates between {first:%Y-%m-%d} and {last:%Y-%m-%d} (it covers "
+            f"{prices.index[0]:%Y-%m-%d} .. {prices.index[-1]:%Y-%m-%d})"
+        )
+    return _replay(window)
+
+
+def _replay(window: pd.DataFrame) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
+    for k, date in enumerate(window.index):
+        yield date, panel_rows(window.iloc[k : k + 1])

@@ -1,0 +1,111 @@
+"""Shared fixtures of the service tests: a store on SQLite and on PostgreSQL, a clean env.
+
+The PostgreSQL variant runs against the server named by ``MOMENTUM_TEST_DATABASE_URL`` (CI
+always sets it) and is skipped only when that variable is unset. Each test gets a schema of
+its own, dropped at teardown, so tests are independent and may run in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from service import store
+from service.config import ENV_PREFIX
+
+PG_URL_VARIABLE = "MOMENTUM_TEST_DATABASE_URL"
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A store in a SQLite file under a directory that does not exist yet."""
+    engine = store.create_engine(f"sqlite:///{tmp_path / 'state' / 'momentum.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[sa.Engine]:
+    """A store in a fresh PostgreSQL schema (dropped afterwards)."""
+    url = os.environ.get(PG_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"{PG_URL_VARIABLE} is not set")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    # libpq's `options` puts every connection of the engine on the new schema.
+    schema_url = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    engine = store.create_engine(schema_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> sa.Engine:
+    """The store under test, once per backend."""
+    return request.getfixturevalue(f"{'pg' if request.param == 'postgresql' else 'sqlite'}_engine")
+
+
+def snapshot(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a deterministic order (to compare before / after)."""
+    tables = {}
+    with engine.connect() as conn:
+        for table in store.metadata.sorted_tables:
+            rows = conn.execute(sa.select(table)).all()
+            tables[table.name] = sorted((tuple(r) for r in rows), key=repr)
+    return tables
+
+
+class StatementTrap:
+    """Makes the n-th SQL statement (0-based, BEGIN included) sent to an engine raise."""
+
+    def __init__(self) -> None:
+        self._armed: list[tuple[sa.Engine, Callable[..., None]]] = []
+
+    def arm(self, engine: sa.Engine, n: int) -> None:
+        """Raise RuntimeError at statement ``n`` from now on (replaces any earlier trap)."""
+        self.disarm()
+        seen = [0]
+
+        def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen[0] += 1
+            if seen[0] == n + 1:
+                raise RuntimeError(f"injected failure at statement {n}: {statement[:40]}")
+
+        sa.event.listen(engine, "before_cursor_execute", before)
+        self._armed.append((engine, before))
+
+    def disarm(self) -> None:
+        while self._armed:
+            engine, listener = self._armed.pop()
+            sa.event.remove(engine, "before_cursor_execute", listener)
+
+
+@pytest.fixture
+def trap() -> Iterator[StatementTrap]:
+    """A :class:`StatementTrap`, disarmed at teardown."""
+    statement_trap = StatementTrap()
+    yield statement_trap
+    statement_trap.disarm()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ``MOMENTUM_*`` variables and an empty working directory (so no stray ``.env``)."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
