@@ -209,6 +209,8 @@ paper_ledger = sa.Table(
     sa.Column("net_return", sa.Double, nullable=False),  # eq. (13): gross - c x turnover
     sa.Column("turnover", sa.Double, nullable=False),
     sa.Column("equity", sa.Double, nullable=False),
+    # weighted assets whose return over the day could not be computed (a close is missing)
+    sa.Column("missing", sa.Integer, nullable=False, server_default="0"),
 )
 
 
@@ -427,7 +429,12 @@ def _new_id(result: sa.CursorResult[Any]) -> int:
 
 
 def _frame(result: sa.CursorResult[Any], date_columns: Sequence[str] = ()) -> pd.DataFrame:
-    frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+    keys = list(result.keys())
+    rows = result.all()
+    # column by column: pandas probes every Row object when handed the rows (seconds per
+    # 100k closes, every cycle)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in keys]
+    frame = pd.DataFrame({k: list(v) for k, v in zip(keys, columns, strict=True)}, columns=keys)
     for column in date_columns:
         frame[column] = _dates(frame[column])
     return frame
@@ -1075,11 +1082,12 @@ def write_ledger_row(bind: sa.Engine | sa.Connection, row: Mapping[str, Any]) ->
     row : Mapping
         ``date`` (date-like: the close at which the return is realised), ``model_name``,
         ``model_version`` (optional), and finite ``gross_return``, ``cost``, ``net_return``,
-        ``turnover``, ``equity``.
+        ``turnover``, ``equity``; optionally ``missing`` (non-negative int, default 0: weighted
+        assets without a return that day).
     """
     if not isinstance(row, Mapping):
         raise TypeError(f"`row` must be a mapping, got {type(row).__name__}")
-    _check_keys(row, ("date", "model_name", "model_version", *_LEDGER_VALUES), "row")
+    _check_keys(row, ("date", "model_name", "model_version", *_LEDGER_VALUES, "missing"), "row")
     missing = [k for k in ("date", "model_name", *_LEDGER_VALUES) if k not in row]
     if missing:
         raise ValueError(f"`row` is missing {', '.join(missing)}")
@@ -1088,6 +1096,7 @@ def write_ledger_row(bind: sa.Engine | sa.Connection, row: Mapping[str, Any]) ->
         "model_name": _name(row["model_name"], "row['model_name']"),
         "model_version": _name(row.get("model_version"), "row['model_version']", optional=True),
         **{k: _finite(row[k], f"row['{k}']") for k in _LEDGER_VALUES},
+        "missing": _count(row.get("missing"), "row['missing']") or 0,
     }
     with transaction(bind) as conn:
         conn.execute(
@@ -1108,7 +1117,8 @@ def read_ledger(
     -------
     pandas.DataFrame
         Index ``date`` (increasing, tz-naive); columns ``model_version, gross_return, cost,
-        net_return, turnover, equity`` (floats ``float64``). Empty when nothing is stored.
+        net_return, turnover, equity`` (floats ``float64``) and ``missing`` (``int64``). Empty
+        when nothing is stored.
     """
     query = (
         sa.select(paper_ledger)
@@ -1123,4 +1133,5 @@ def read_ledger(
         frame = _frame(conn.execute(query), ["date"])
     for column in _LEDGER_VALUES:
         frame[column] = frame[column].astype(np.float64)
+    frame["missing"] = frame["missing"].astype(np.int64)
     return frame.drop(columns="model_name").set_index("date")

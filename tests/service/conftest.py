@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -109,3 +110,33 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny SLP backtest on the embedded data (tested 2021-2022), exported to a registry.
+
+    Training code (torch) is only used here to make the model; the service code under test
+    never imports it.
+    """
+    from momentum.registry import promote
+    from training.backtest import BacktestConfig, run_backtest
+    from training.publish import export_window
+
+    root = tmp_path_factory.mktemp("served")
+    config = BacktestConfig(
+        model="slp", first_test_year=2021, step_years=2, seeds=1, trials=1, epochs=2
+    )
+    run = run_backtest(config, root / "run", log=lambda _: None, report=False)
+    registry = root / "registry"
+    version = export_window(run, registry=registry, log=lambda _: None)
+    promote(registry, version.name, version.version)
+    signals = pd.read_parquet(run / "seed_0" / "window_2021" / "signals.parquet")
+    return {
+        "registry": registry,
+        "name": version.name,
+        "version": version.version,
+        "manifest": version.manifest,
+        "signals": signals.pivot(index="date", columns="ticker", values="signal"),
+        "vol": signals.pivot(index="date", columns="ticker", values="vol"),
+    }
