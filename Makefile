@@ -8,12 +8,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
-EXTRAS ?= train,dev,ray,export,serve
+EXTRAS ?= train,dev,ray,export,serve,proto
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all lint format typecheck bench results clean
+.PHONY: install test test-slow test-all lint format typecheck bench results proto clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench: $(STAMP)
 # the quick-protocol backtests of docs/results.md (about an hour on 2 cores; resumable)
 results: $(STAMP)
 	$(VENV)/bin/momentum-train results --out runs/results
+
+# gRPC stubs of proto/ into service/_proto (committed; a test diffs them against a regeneration)
+proto: $(STAMP)
+	$(PY) proto/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
