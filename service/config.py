@@ -157,6 +157,15 @@ class Settings(BaseSettings):
         ge=0,
         description="Minutes after each session close at which the daily cycle runs (>= 0).",
     )
+    misfire_grace_hours: float = Field(
+        default=6.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "How late a missed cycle may still start (the process was down at its time); "
+            "later ones run at the next start's catch-up instead."
+        ),
+    )
 
     # -- portfolio -------------------------------------------------------------------------
     vol_target: float = Field(

@@ -498,7 +498,17 @@ def read_closes(
         tickers = list(tickers)
         query = query.where(closes.c.ticker.in_(tickers))
     with _reading(bind) as conn:
-        long = _frame(conn.execute(query), ["date"])
+        result = conn.execute(query)
+        # the DBAPI rows directly: building SQLAlchemy Rows costs ~0.6 s per 150k closes,
+        # on every cycle; dates come back as ISO strings (SQLite) or dates (psycopg)
+        rows = result.cursor.fetchall() if result.cursor is not None else []
+    if rows:
+        day, ticker, close = zip(*rows, strict=True)
+    else:
+        day, ticker, close = (), (), ()
+    long = pd.DataFrame(
+        {"date": _dates(list(day)), "ticker": list(ticker), "close": np.asarray(close, float)}
+    )
     wide = long.pivot(index="date", columns="ticker", values="close")
     columns = tickers if tickers is not None else sorted(wide.columns)
     wide = wide.reindex(columns=pd.Index(columns, name="ticker")).sort_index()

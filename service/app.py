@@ -1,0 +1,151 @@
+"""The service's parts wired together from `Settings`: what the CLI and the servers share.
+
+`SignalService` owns the store engine, the model holder, the universe and the
+cycle options, and offers the few domain operations every interface calls:
+ingest closes, run a session (cycle then paper ledger), find pending
+sessions, and publish completed cycles to subscribers (the gRPC stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from momentum.data import EMBEDDED, load_prices
+from service import store
+from service.calendar import exchange_today, get_calendar
+from service.config import Settings
+from service.cycle import CycleOptions, CycleResult, run_cycle
+from service.ingest import IngestResult, ingest_closes, ingest_file
+from service.model import ModelHolder
+from service.paper import update_ledger
+
+__all__ = ["SignalService"]
+
+log = logging.getLogger(__name__)
+
+
+class SignalService:
+    """Engine, model, universe and options of one running service."""
+
+    def __init__(self, settings: Settings, *, engine: sa.Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or store.create_engine(str(settings.database_url))
+        self.calendar = get_calendar(settings.calendar)
+        self.options = CycleOptions(
+            vol_target=settings.vol_target,
+            portfolio_vol_target=settings.portfolio_vol_target,
+            stale_policy=settings.stale_policy,
+            max_carry_sessions=settings.max_carry_sessions,
+        )
+        self.holder = ModelHolder(
+            settings.registry_dir,
+            settings.model_name,
+            version=settings.model_version,
+            tickers=self.tickers,
+            device=settings.device,
+            engine=self.engine,
+        )
+        self._subscribers: list[Callable[[CycleResult], None]] = []
+        self._lock = threading.Lock()
+        self._cycle_lock = threading.Lock()  # one cycle at a time (scheduler, RunCycle, CLI)
+
+    @cached_property
+    def tickers(self) -> list[str]:
+        """The universe: the embedded dataset's tickers, or the columns of a price file."""
+        return [str(t) for t in load_prices(self.settings.universe).columns]
+
+    @property
+    def universe_is_embedded(self) -> bool:
+        return self.settings.universe in EMBEDDED
+
+    # -- closes -----------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        rows: pd.DataFrame,
+        *,
+        correction: bool = False,
+        source: str = "batch",
+        today: Any = None,
+    ) -> IngestResult:
+        return ingest_closes(
+            self.engine,
+            rows,
+            universe=self.tickers,
+            calendar=self.calendar,
+            today=today,
+            correction=correction,
+            source=source,
+        )
+
+    def ingest_file(self, path: str, *, correction: bool = False) -> IngestResult:
+        return ingest_file(
+            self.engine, path, universe=self.tickers, calendar=self.calendar, correction=correction
+        )
+
+    # -- cycles -----------------------------------------------------------------------------
+
+    def run_session(self, session: Any) -> CycleResult:
+        """The cycle of one session with the current model, then the paper ledger."""
+        with self._cycle_lock:
+            self.holder.refresh()
+            model = self.holder.require()
+            result = run_cycle(
+                self.engine, model, session, options=self.options, notify=self._publish
+            )
+            update_ledger(
+                self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
+            )
+        return result
+
+    def pending_sessions(self) -> list[pd.Timestamp]:
+        """Sessions with closes but no positions of the current model version, to catch up.
+
+        Only sessions after this model's newest positions count (a new model does
+        not recompute years of history); with no positions at all, the newest
+        session with closes.
+        """
+        model = self.holder.current
+        if model is None:
+            return []
+        closes = store.closes_dates(self.engine)
+        if len(closes) == 0:
+            return []
+        done = store.positions_dates(self.engine, model.name, model.version)
+        if len(done) == 0:
+            done_any = store.positions_dates(self.engine, model.name)
+            if len(done_any) == 0:
+                return [closes[-1]]
+            done = done_any
+        today = exchange_today(self.calendar)
+        return [d for d in closes if d > done[-1] and d <= today]
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[CycleResult], None]) -> Callable[[], None]:
+        """Call `callback` after every stored cycle; returns the unsubscribe function."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self, result: CycleResult) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(result)
+            except Exception:
+                log.exception("subscriber failed on cycle %s", f"{result.as_of:%Y-%m-%d}")

@@ -1,0 +1,337 @@
+"""``momentum-serve``: the daily signal service.
+
+Commands: ``run`` (scheduler: a cycle after every session close, catching up
+at start), ``cycle`` (one session now), ``ingest FILE``, ``replay`` (feeds the
+embedded data session by session through ingest -> cycle -> paper ledger, as
+a live feed would), ``positions``, ``check-model``. Settings come from
+``MOMENTUM_*`` environment variables or a ``.env`` file (README, Settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["main"]
+
+log = logging.getLogger("momentum.serve")
+
+
+class CommandError(Exception):
+    """A command that cannot do what was asked; printed without a traceback (exit 1)."""
+
+
+def _service(*, chatty: bool = False):  # -> SignalService
+    """The service from the settings; one-shot commands log warnings only unless
+    MOMENTUM_LOG_LEVEL says otherwise (their own output is the report)."""
+    from service.app import SignalService
+    from service.config import env_var, load_settings
+
+    settings = load_settings()
+    level = settings.log_level_number
+    if not chatty and env_var("log_level") not in os.environ:
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return SignalService(settings)
+
+
+def _model(service):  # -> LoadedModel
+    outcome = service.holder.refresh()
+    if outcome.model is None:
+        raise CommandError(
+            f"no model to serve: {outcome.refused} (export one with `momentum-train export` "
+            "and `momentum-train promote` it, or set MOMENTUM_MODEL_VERSION)"
+        )
+    return outcome.model
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None or pd.isna(value) else format(value, spec)
+
+
+def _cycle_line(result, ledger_row=None) -> str:
+    line = f"{result.as_of:%Y-%m-%d} {result.status:<9}"
+    if result.status == "succeeded":
+        w = result.positions["weight"]
+        line += f" long {int((w > 0).sum()):>3} short {int((w < 0).sum()):>3}"
+        line += f" gross {_fmt(w.abs().sum(), '.3f')}"
+        if result.n_stale:
+            line += f" stale {result.n_stale}"
+    else:
+        line += f" {result.error}"
+    if ledger_row is not None:
+        line += (
+            f" | paper {ledger_row.date:%Y-%m-%d}: net {ledger_row.net_return:+.4%}"
+            f" turnover {ledger_row.turnover:.3f} equity {ledger_row.equity:.4f}"
+        )
+    return line
+
+
+def _summary_lines(service, name: str) -> list[str]:
+    from service.paper import ledger_summary
+
+    s = ledger_summary(service.engine, name)
+    if s.days == 0:
+        return ["paper ledger: no marked days yet"]
+    return [
+        f"paper ledger {name}: {s.days} days {s.first_date:%Y-%m-%d}..{s.last_date:%Y-%m-%d}, "
+        f"cost {service.settings.cost_bps:g} bps",
+        f"  PnL (total return) {s.total_return:+.2%}   Sharpe {_fmt(s.sharpe, '.2f')}   "
+        f"max drawdown {_fmt(s.max_drawdown, '.2%')}   rolling {s.window}-session Sharpe "
+        f"{_fmt(s.rolling_sharpe, '.2f')}",
+    ]
+
+
+def _run_and_mark(service, day: pd.Timestamp):
+    """The session's cycle (unless its positions exist already) and the ledger row marked today."""
+    from service import store
+    from service.paper import update_ledger
+
+    model = service.holder.require()
+    done = store.positions_dates(service.engine, model.name, model.version)
+    if day in done:
+        update_ledger(
+            service.engine,
+            model.name,
+            cost_bps=service.settings.cost_bps,
+            calendar=service.calendar,
+        )
+        result = None
+    else:
+        result = service.run_session(day)
+    ledger = store.read_ledger(service.engine, model.name, start=day, end=day)
+    return result, ledger
+
+
+def _ledger_row(ledger: pd.DataFrame):
+    if ledger.empty:
+        return None
+    row = ledger.iloc[-1]
+    return argparse.Namespace(
+        date=pd.Timestamp(ledger.index[-1]),
+        net_return=float(row["net_return"]),
+        turnover=float(row["turnover"]),
+        equity=float(row["equity"]),
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from momentum.data import load_prices
+    from service import store
+    from service.ingest import panel_rows, replay_rows
+
+    service = _service()
+    model = _model(service)
+    start = pd.Timestamp(args.start)
+    prices = load_prices(service.settings.universe)
+    before = prices.loc[: start - pd.Timedelta(days=1)]
+    stored = store.closes_dates(service.engine, end=start - pd.Timedelta(days=1))
+    if len(stored) == 0 and len(before):
+        print(
+            f"loading history {before.index[0]:%Y-%m-%d}..{before.index[-1]:%Y-%m-%d} "
+            f"({before.notna().sum().sum():,} closes) ...",
+            flush=True,
+        )
+        result = service.ingest(panel_rows(before), source="replay-history")
+        if not result.ok:
+            raise CommandError(f"history rejected: {result.rejections[:5]}")
+    print(
+        f"replaying {service.settings.universe} from {start:%Y-%m-%d} with {model.name} "
+        f"{model.version} on {model.provider}",
+        flush=True,
+    )
+    for day, rows in replay_rows(start, args.end, name=service.settings.universe):
+        ingested = service.ingest(rows, source="replay")
+        if not ingested.ok:
+            raise CommandError(f"{day:%Y-%m-%d}: closes rejected: {ingested.rejections[:5]}")
+        result, ledger = _run_and_mark(service, day)
+        row = _ledger_row(ledger)
+        if result is None:
+            print(f"{day:%Y-%m-%d} done earlier", flush=True)
+        else:
+            print(_cycle_line(result, row), flush=True)
+    for line in _summary_lines(service, model.name):
+        print(line)
+    return 0
+
+
+def _cycle(args: argparse.Namespace) -> int:
+    from service import store
+
+    service = _service()
+    _model(service)
+    day = pd.Timestamp(args.date) if args.date else None
+    if day is None:
+        dates = store.closes_dates(service.engine)
+        if len(dates) == 0:
+            raise CommandError("no closes stored: ingest some first (momentum-serve ingest FILE)")
+        day = dates[-1]
+    result = service.run_session(day)
+    print(_cycle_line(result))
+    return 0 if result.status == "succeeded" else 1
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    service = _service()
+    result = service.ingest_file(args.file, correction=args.correction)
+    if not result.ok:
+        for r in result.rejections[:50]:
+            where = f"row {r.row}" if r.row >= 0 else "file"
+            print(f"rejected {where} {r.date or ''} {r.ticker or ''}: {r.reason}", file=sys.stderr)
+        if len(result.rejections) > 50:
+            print(f"... and {len(result.rejections) - 50} more", file=sys.stderr)
+        print(
+            f"{args.file}: nothing stored ({len(result.rejections)} rejected rows)", file=sys.stderr
+        )
+        return 1
+    print(
+        f"{args.file}: {result.accepted} stored, {result.unchanged} unchanged, "
+        f"{result.corrected} corrected"
+    )
+    return 0
+
+
+def _positions(args: argparse.Namespace) -> int:
+    from service import store
+
+    service = _service()
+    name = args.model or service.settings.model_name
+    frame = store.latest_positions(service.engine, name, as_of=args.date)
+    if frame is None:
+        raise CommandError(
+            f"no positions stored for {name}" + (f" on or before {args.date}" if args.date else "")
+        )
+    first = frame.iloc[0]
+    print(
+        f"{name} {first['model_version']} as of {first['as_of']:%Y-%m-%d}"
+        + (" (STALE)" if frame["stale"].any() else "")
+    )
+    print(f"{'ticker':<8} {'signal':>8} {'ann. vol':>9} {'weight':>9} stale")
+    for ticker, row in frame.iterrows():
+        print(
+            f"{ticker:<8} {_fmt(row['signal'], '+.3f'):>8} {_fmt(row['vol'], '.3f'):>9} "
+            f"{_fmt(row['weight'], '+.4f'):>9} {'yes' if row['stale'] else ''}"
+        )
+    return 0
+
+
+def _check_model(args: argparse.Namespace) -> int:
+    service = _service()
+    model = _model(service)
+    m = model.manifest
+    print(
+        f"{m.name} {m.version}: {m.model} ({m.layout}), {m.n_assets} assets, lookback "
+        f"{m.lookback}, features {m.features.version} {m.features.names}"
+    )
+    print(
+        f"  trained {m.training_window.train_start}..{m.training_window.valid_end}, "
+        f"metrics {m.metrics}"
+    )
+    print(
+        f"  onnx sha256 {m.onnx.sha256[:16]}... opset {m.onnx.opset}, outputs "
+        f"{[o.name for o in m.onnx.outputs]}, parity {m.parity_max_abs_diff}"
+    )
+    print(f"  provider {model.provider}, warm-up {model.warmup_seconds * 1e3:.1f} ms: OK")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from service.scheduler import CycleScheduler
+
+    service = _service(chatty=True)
+    _model(service)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheduler = CycleScheduler(
+        service.run_session,
+        service.pending_sessions,
+        settings=service.settings,
+        misfire_grace_hours=service.settings.misfire_grace_hours,
+    )
+    scheduler.start()
+    log.info("running; next cycle at %s", scheduler.next_fire_time)
+    try:
+        stop.wait()
+    finally:
+        scheduler.shutdown(wait=True)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="momentum-serve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run",
+        help="run the scheduler: a cycle after every session close",
+        description="Catch up pending sessions, then run a cycle after every "
+        "session close (MOMENTUM_CALENDAR, MOMENTUM_CYCLE_DELAY_MINUTES) until "
+        "SIGTERM or Ctrl-C.",
+    )
+    p = sub.add_parser("cycle", help="run one session's cycle now")
+    p.add_argument("--date", default=None, help="session (default: the newest with closes)")
+    p = sub.add_parser("ingest", help="validate and store the closes of a file")
+    p.add_argument(
+        "file",
+        help="CSV or Parquet, wide (date + one column per ticker) or long (date, ticker, close)",
+    )
+    p.add_argument(
+        "--correction", action="store_true", help="overwrite stored closes that differ (logged)"
+    )
+    p = sub.add_parser(
+        "replay",
+        help="feed the embedded data session by session",
+        description="Feeds the universe's data (the embedded S&P 500 set by "
+        "default) session by session through ingest -> cycle -> paper ledger. "
+        "History before --from is loaded first when the store has none. "
+        "Rerunning resumes: sessions with positions are not recomputed.",
+    )
+    p.add_argument("--from", dest="start", required=True, help="first session to replay")
+    p.add_argument("--to", dest="end", default=None, help="last session (default: the end)")
+    p = sub.add_parser("positions", help="print stored positions")
+    p.add_argument("--date", default=None, help="as-of date (default: latest)")
+    p.add_argument("--model", default=None, help="model name (default: MOMENTUM_MODEL_NAME)")
+    sub.add_parser("check-model", help="load and check the served model, print its manifest")
+    args = parser.parse_args(argv)
+    handlers = {
+        "run": _run,
+        "cycle": _cycle,
+        "ingest": _ingest,
+        "replay": _replay,
+        "positions": _positions,
+        "check-model": _check_model,
+    }
+    from service.config import SettingsError
+
+    try:
+        return handlers[args.command](args)
+    except SettingsError as err:
+        print(f"momentum-serve: invalid settings:\n{err}", file=sys.stderr)
+        return 2
+    except (CommandError, ValueError, FileNotFoundError) as err:
+        print(f"momentum-serve {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
