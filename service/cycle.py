@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from momentum.contract import contract_inputs, tradable
 from momentum.data import validate_prices
-from momentum.features import compute_features
+from momentum.features import Features, compute_features
 from momentum.manifest import feature_config
 from momentum.portfolio import (
     VOL_TARGET,
@@ -85,6 +85,8 @@ class CycleResult:
     seconds: float = 0.0
     inference_seconds: float = 0.0
     positions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # what the cycle computed, for the drift metrics (None unless it succeeded)
+    features: Features | None = None
 
     @property
     def n_stale(self) -> int:
@@ -145,7 +147,7 @@ def _portfolio_leverage(model: LoadedModel, features: Any, row: int, vol_target:
 
 def _compute(
     engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp, options: CycleOptions
-) -> tuple[pd.DataFrame, pd.Timestamp, float]:
+) -> tuple[pd.DataFrame, pd.Timestamp, float, Features]:
     closes, carried = _closes(engine, model, as_of, options)
     features = compute_features(closes, feature_config(model.manifest.features))
     row = len(features.dates) - 1
@@ -171,7 +173,7 @@ def _compute(
         },
         index=pd.Index(model.manifest.tickers, name="ticker"),
     )
-    return frame, closes.index[-1], inference
+    return frame, closes.index[-1], inference, features
 
 
 def run_cycle(
@@ -200,7 +202,7 @@ def run_cycle(
         "started_at": started,
     }
     try:
-        frame, cutoff, inference = _compute(engine, model, day, options)
+        frame, cutoff, inference, features = _compute(engine, model, day, options)
         # one transaction: the positions and the run record, or nothing
         run_id = store.write_cycle(
             engine, {**run, "finished_at": datetime.now(UTC), "data_cutoff": cutoff}, frame
@@ -220,6 +222,7 @@ def run_cycle(
         seconds=time.perf_counter() - clock,
         inference_seconds=inference,
         positions=frame,
+        features=features,
     )
     if notify is not None:
         try:
