@@ -272,6 +272,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_table() -> str:
+    """The settings as a Markdown table (variable, default, meaning): the README's table."""
+    from service.config import Settings, env_var
+
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else f"`{default}`"
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{env_var(name)}` | {shown} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def _settings(args: argparse.Namespace) -> int:
+    print(settings_table(), end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="momentum-serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--date", default=None, help="as-of date (default: latest)")
     p.add_argument("--model", default=None, help="model name (default: MOMENTUM_MODEL_NAME)")
     sub.add_parser("check-model", help="load and check the served model, print its manifest")
+    sub.add_parser("settings", help="print every MOMENTUM_* setting with its default and meaning")
     args = parser.parse_args(argv)
     handlers = {
         "run": _run,
@@ -314,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "positions": _positions,
         "check-model": _check_model,
+        "settings": _settings,
     }
     from service.config import SettingsError
 
