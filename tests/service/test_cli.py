@@ -143,3 +143,12 @@ def test_replaying_2021_2022_serves_the_backtests_positions_on_every_date(env, s
     diff = (served[expected.columns] - expected).abs().to_numpy()
     assert np.isnan(diff).sum() == expected.isna().sum().sum()
     assert np.nanmax(diff) <= 1e-5
+
+
+def test_readme_settings_table_is_the_codes():
+    from pathlib import Path
+
+    from service.cli import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, "README settings table is stale: momentum-serve settings"
