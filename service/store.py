@@ -65,6 +65,7 @@ __all__ = [
     "read_cycle_runs",
     "read_ledger",
     "read_model_loads",
+    "read_positions",
     "record_failed_cycle",
     "record_model_load",
     "stored_closes",
@@ -962,6 +963,63 @@ def positions_dates(
     with _reading(bind) as conn:
         values = conn.execute(query).scalars().all()
     return pd.DatetimeIndex(_dates(values), name="date")
+
+
+def read_positions(
+    bind: sa.Engine | sa.Connection,
+    model_name: str,
+    *,
+    start: Any = None,
+    end: Any = None,
+    model_version: str | None = None,
+) -> pd.DataFrame:
+    """Every stored position of a model between two dates, long (one row per set and ticker).
+
+    Parameters
+    ----------
+    bind : sqlalchemy.Engine or sqlalchemy.Connection
+    model_name : str
+    start, end : date-like, optional
+        Inclusive bounds on ``as_of`` (default: everything).
+    model_version : str, optional
+        Only this version; default every version (a date may then hold several sets, told
+        apart by ``model_version`` and ``run_id``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Shape ``(n_rows, 8)``, default index, sorted by ``as_of``, ``model_version``,
+        ``ticker``; columns ``as_of`` (datetime64), ``model_version``, ``ticker``, ``signal``,
+        ``vol``, ``weight`` (float64, NaN where not tradable), ``stale`` (bool), ``run_id``
+        (int64). Empty (same columns) when nothing is stored.
+    """
+    query = (
+        sa.select(
+            positions.c.as_of,
+            positions.c.model_version,
+            positions.c.ticker,
+            positions.c.signal,
+            positions.c.vol,
+            positions.c.weight,
+            positions.c.stale,
+            positions.c.run_id,
+        )
+        .where(positions.c.model_name == _name(model_name, "model_name"))
+        .order_by(positions.c.as_of, positions.c.model_version, positions.c.ticker)
+    )
+    if start is not None:
+        query = query.where(positions.c.as_of >= _date(start, "start"))
+    if end is not None:
+        query = query.where(positions.c.as_of <= _date(end, "end"))
+    if model_version is not None:
+        query = query.where(positions.c.model_version == _name(model_version, "model_version"))
+    with _reading(bind) as conn:
+        frame = _frame(conn.execute(query), ["as_of"])
+    for column in ("signal", "vol", "weight"):
+        frame[column] = frame[column].astype(np.float64)  # NULL -> NaN
+    frame["stale"] = frame["stale"].astype(bool)
+    frame["run_id"] = frame["run_id"].astype(np.int64)
+    return frame
 
 
 def read_cycle_runs(
