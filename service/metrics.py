@@ -287,6 +287,19 @@ class ServiceMetrics:
             "1 when a model is loaded and serving, else 0.",
             registry=r,
         )
+        # the served model's own backtest, for the alerts (manifest metrics; NaN if unknown)
+        self.backtest_turnover = Gauge(
+            "momentum_backtest_turnover_ratio",
+            "Average daily turnover sum |w_t - w_{t-1}| of the served model on its test window.",
+            registry=r,
+        )
+        self.backtest_max_drawdown = Gauge(
+            "momentum_backtest_max_drawdown_ratio",
+            "Worst drawdown of the served model's portfolio on its test window.",
+            registry=r,
+        )
+        self.backtest_turnover.set(math.nan)
+        self.backtest_max_drawdown.set(math.nan)
 
         # gRPC
         self.grpc_requests = Counter(
@@ -429,6 +442,13 @@ class ServiceMetrics:
                 self.model_info.remove(*old)
             self._model_labels = new
             self.model_loaded.set(0 if model is None else 1)
+            metrics = {} if model is None else model.manifest.metrics
+            for gauge, key in (
+                (self.backtest_turnover, "test_weight_turnover"),
+                (self.backtest_max_drawdown, "test_max_drawdown"),
+            ):
+                value = metrics.get(key)
+                gauge.set(math.nan if value is None else value)
 
     def observe_ledger(self, summary: LedgerSummary) -> None:
         """Export the paper ledger's track record (`service.paper.ledger_summary`)."""

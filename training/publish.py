@@ -38,7 +38,7 @@ from momentum.manifest import (
     reference_quantiles,
 )
 from momentum.metrics import max_drawdown, sharpe_ratio
-from momentum.portfolio import captured_returns, portfolio_returns, turnover
+from momentum.portfolio import captured_returns, portfolio_returns, target_weights, turnover
 from momentum.registry import ModelVersion, publish, version_id
 from training.backtest import BacktestConfig, universe_for
 from training.datasets import ModelData
@@ -207,10 +207,13 @@ def _test_metrics(signals: pd.DataFrame, tickers: tuple[str, ...]) -> dict[str, 
     signal, vol = wide["signal"].to_numpy(), wide["vol"].to_numpy()
     daily = portfolio_returns(captured_returns(signal, wide["next_return"].to_numpy(), vol))
     daily = daily[np.isfinite(daily)]
+    # traded weight per day, as the service's turnover metric and paper ledger count it
+    traded = np.nansum(turnover(np.nan_to_num(target_weights(signal, vol))), axis=1)
     return {
         "test_sharpe": float(sharpe_ratio(daily)),
         "test_max_drawdown": float(max_drawdown(daily)),
         "test_turnover": float(np.nanmean(portfolio_returns(turnover(signal, vol)))),
+        "test_weight_turnover": float(np.mean(traded)),
     }
 
 

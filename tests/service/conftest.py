@@ -124,8 +124,17 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from training.publish import export_window
 
     root = tmp_path_factory.mktemp("served")
+    # lr and l1 pinned to the gentle end of the grid: a model trained with lr=0.1 saturates
+    # (pre-activations in the hundreds), where torch and onnxruntime float32 already differ by
+    # ~1e-5 (README, Export); here the 1e-5 agreement tests the code, not the rounding
     config = BacktestConfig(
-        model="slp", first_test_year=2021, step_years=2, seeds=1, trials=1, epochs=2
+        model="slp",
+        first_test_year=2021,
+        step_years=2,
+        seeds=1,
+        trials=1,
+        epochs=2,
+        fixed={"lr": 1e-3, "l1": 1e-2},
     )
     run = run_backtest(config, root / "run", log=lambda _: None, report=False)
     registry = root / "registry"

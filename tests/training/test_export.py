@@ -152,6 +152,13 @@ def test_exported_window_reproduces_the_runs_out_of_sample_positions(
 
     stored = pd.read_parquet(run / "seed_0" / "window_2005" / "signals.parquet")
     wide = stored.pivot(index="date", columns="ticker", values="signal")[manifest.tickers]
+    # the backtest's traded weight per day, eq. (1) weights, recomputed with pandas
+    vol = stored.pivot(index="date", columns="ticker", values="vol")[manifest.tickers]
+    lev = wide * 0.15 / (vol * np.sqrt(252))
+    weights = lev.div(lev.notna().sum(axis=1), axis=0).fillna(0.0)
+    traded = weights.diff().abs().sum(axis=1)
+    traded.iloc[0] = weights.iloc[0].abs().sum()
+    assert manifest.metrics["test_weight_turnover"] == pytest.approx(traded.mean(), rel=1e-9)
     features = compute_features(pd.read_csv(price_file, index_col="date", parse_dates=True))
     rows = np.flatnonzero(features.dates.isin(wide.index))
     session = onnx_session(loaded.model_path)
