@@ -23,8 +23,9 @@ from service.calendar import exchange_today, get_calendar
 from service.config import Settings
 from service.cycle import CycleOptions, CycleResult, run_cycle
 from service.ingest import IngestResult, ingest_closes, ingest_file
+from service.metrics import ServiceMetrics
 from service.model import ModelHolder
-from service.paper import update_ledger
+from service.paper import ledger_summary, update_ledger
 
 __all__ = ["SignalService"]
 
@@ -34,8 +35,15 @@ log = logging.getLogger(__name__)
 class SignalService:
     """Engine, model, universe and options of one running service."""
 
-    def __init__(self, settings: Settings, *, engine: sa.Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: sa.Engine | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.engine = engine or store.create_engine(str(settings.database_url))
         self.calendar = get_calendar(settings.calendar)
         self.options = CycleOptions(
@@ -75,7 +83,7 @@ class SignalService:
         source: str = "batch",
         today: Any = None,
     ) -> IngestResult:
-        return ingest_closes(
+        result = ingest_closes(
             self.engine,
             rows,
             universe=self.tickers,
@@ -84,18 +92,28 @@ class SignalService:
             correction=correction,
             source=source,
         )
+        self._observe_closes()
+        return result
 
     def ingest_file(self, path: str, *, correction: bool = False) -> IngestResult:
-        return ingest_file(
+        result = ingest_file(
             self.engine, path, universe=self.tickers, calendar=self.calendar, correction=correction
         )
+        self._observe_closes()
+        return result
+
+    def refresh_model(self) -> Any:
+        """Reload the model if the production pointer moved (`ModelHolder.refresh`)."""
+        outcome = self.holder.refresh()
+        self._observe(lambda m: m.observe_model(self.holder.current))
+        return outcome
 
     # -- cycles -----------------------------------------------------------------------------
 
     def run_session(self, session: Any) -> CycleResult:
         """The cycle of one session with the current model, then the paper ledger."""
         with self._cycle_lock:
-            self.holder.refresh()
+            self.refresh_model()
             model = self.holder.require()
             result = run_cycle(
                 self.engine, model, session, options=self.options, notify=self._publish
@@ -103,6 +121,8 @@ class SignalService:
             update_ledger(
                 self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
             )
+            self._observe(lambda m: m.observe_cycle(result, engine=self.engine, model=model))
+            self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
         return result
 
     def pending_sessions(self) -> list[pd.Timestamp]:
@@ -126,6 +146,32 @@ class SignalService:
             done = done_any
         today = exchange_today(self.calendar)
         return [d for d in closes if d > done[-1] and d <= today]
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def _observe(self, update: Callable[[ServiceMetrics], None]) -> None:
+        """Feed the metrics; a metrics failure is logged and never stops the service."""
+        if self.metrics is None:
+            return
+        try:
+            update(self.metrics)
+        except Exception:
+            log.exception("updating metrics failed")
+
+    def prime_metrics(self) -> None:
+        """Metrics from what the store already holds (at start, before any cycle)."""
+        self._observe_closes()
+        model = self.holder.current
+        name = model.name if model is not None else self.settings.model_name
+        self._observe(lambda m: m.observe_history(self.engine, name))
+        self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, name)))
+
+    def _observe_closes(self) -> None:
+        def update(metrics: ServiceMetrics) -> None:
+            dates = store.closes_dates(self.engine)
+            metrics.observe_closes(self.settings.universe, dates[-1] if len(dates) else None)
+
+        self._observe(update)
 
     # -- subscribers ------------------------------------------------------------------------
 

@@ -199,26 +199,47 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positions(args: argparse.Namespace) -> int:
-    from service import store
+def _channel(settings, address: str | None):  # -> grpc.Channel
+    """A channel to the service: plaintext, or TLS trusting MOMENTUM_TLS_CERT."""
+    import grpc
 
-    service = _service()
-    name = args.model or service.settings.model_name
-    frame = store.latest_positions(service.engine, name, as_of=args.date)
-    if frame is None:
-        raise CommandError(
-            f"no positions stored for {name}" + (f" on or before {args.date}" if args.date else "")
-        )
-    first = frame.iloc[0]
+    host = settings.grpc_host if settings.grpc_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    target = address or f"{host}:{settings.grpc_port}"
+    if settings.tls_cert is None:
+        return grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(root_certificates=settings.tls_cert.read_bytes())
+    return grpc.secure_channel(target, credentials)
+
+
+def _positions(args: argparse.Namespace) -> int:
+    """A thin gRPC client: GetPositions from the running service, printed as a table."""
+    import grpc
+
+    from service._proto import signals_pb2, signals_pb2_grpc
+    from service.config import load_settings
+
+    settings = load_settings()
+    token = settings.grpc_token.get_secret_value() if settings.grpc_token else None
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    request = signals_pb2.GetPositionsRequest(as_of=args.date or "", model_name=args.model or "")
+    with _channel(settings, args.address) as channel:
+        stub = signals_pb2_grpc.SignalServiceStub(channel)
+        try:
+            reply = stub.GetPositions(request, metadata=metadata, timeout=args.timeout)
+        except grpc.RpcError as err:
+            raise CommandError(f"{err.code().name}: {err.details()}") from None
     print(
-        f"{name} {first['model_version']} as of {first['as_of']:%Y-%m-%d}"
-        + (" (STALE)" if frame["stale"].any() else "")
+        f"{reply.model_name} {reply.model_version} as of {reply.as_of} (closes to "
+        f"{reply.data_cutoff}, run {reply.run_id})" + (" STALE" if reply.stale else "")
     )
-    print(f"{'ticker':<8} {'signal':>8} {'ann. vol':>9} {'weight':>9} stale")
-    for ticker, row in frame.iterrows():
+    print(f"{'ticker':<8} {'signal':>8} {'ann. vol':>9} {'weight':>9} {'previous':>9} stale")
+    for a in reply.assets:
+        signal = a.signal if a.HasField("signal") else None
+        vol = a.annualised_vol if a.HasField("annualised_vol") else None
+        weight = a.target_weight if a.HasField("target_weight") else None
         print(
-            f"{ticker:<8} {_fmt(row['signal'], '+.3f'):>8} {_fmt(row['vol'], '.3f'):>9} "
-            f"{_fmt(row['weight'], '+.4f'):>9} {'yes' if row['stale'] else ''}"
+            f"{a.ticker:<8} {_fmt(signal, '+.3f'):>8} {_fmt(vol, '.3f'):>9} "
+            f"{_fmt(weight, '+.4f'):>9} {a.previous_weight:>+9.4f} {'yes' if a.stale else ''}"
         )
     return 0
 
@@ -244,30 +265,54 @@ def _check_model(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Scheduler, gRPC server and metrics endpoint together, until SIGTERM / Ctrl-C."""
+    from service.app import SignalService
+    from service.config import load_settings
+    from service.grpc_server import GrpcServer
+    from service.metrics import ServiceMetrics
     from service.scheduler import CycleScheduler
 
-    service = _service(chatty=True)
-    _model(service)
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    metrics = ServiceMetrics(per_ticker=settings.per_ticker_metrics)
+    service = SignalService(settings, metrics=metrics)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
+        log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    http, _ = metrics.start_http_server(settings.metrics_port, settings.grpc_host)
+    server = GrpcServer(service, metrics=metrics).start()
+    log.info(
+        "gRPC on %s:%d, metrics on :%d/metrics", server.host, server.port, settings.metrics_port
+    )
+    outcome = service.refresh_model()
+    service.prime_metrics()
+    if outcome.model is None:
+        log.error(
+            "no model to serve yet (%s); health stays NOT_SERVING until one is promoted",
+            outcome.refused,
+        )
     scheduler = CycleScheduler(
         service.run_session,
         service.pending_sessions,
-        settings=service.settings,
-        misfire_grace_hours=service.settings.misfire_grace_hours,
+        settings=settings,
+        misfire_grace_hours=settings.misfire_grace_hours,
     )
-    scheduler.start()
-    log.info("running; next cycle at %s", scheduler.next_fire_time)
     try:
+        scheduler.start()  # catches up pending sessions first
+        log.info("next cycle at %s", scheduler.next_fire_time)
         stop.wait()
     finally:
         scheduler.shutdown(wait=True)
+        server.stop(grace=args.grace)
+        http.shutdown()
+        service.engine.dispose()
     log.info("stopped")
     return 0
 
@@ -293,12 +338,16 @@ def _settings(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="momentum-serve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    p = sub.add_parser(
         "run",
-        help="run the scheduler: a cycle after every session close",
-        description="Catch up pending sessions, then run a cycle after every "
-        "session close (MOMENTUM_CALENDAR, MOMENTUM_CYCLE_DELAY_MINUTES) until "
-        "SIGTERM or Ctrl-C.",
+        help="the service: gRPC server, metrics endpoint and the daily scheduler",
+        description="Start the gRPC server (MOMENTUM_GRPC_HOST:MOMENTUM_GRPC_PORT) and the "
+        "Prometheus endpoint (:MOMENTUM_METRICS_PORT/metrics), load the model, catch up "
+        "pending sessions, then run a cycle after every session close (MOMENTUM_CALENDAR, "
+        "MOMENTUM_CYCLE_DELAY_MINUTES) until SIGTERM or Ctrl-C.",
+    )
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds open calls get at shutdown (10)"
     )
     p = sub.add_parser("cycle", help="run one session's cycle now")
     p.add_argument("--date", default=None, help="session (default: the newest with closes)")
@@ -320,9 +369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--from", dest="start", required=True, help="first session to replay")
     p.add_argument("--to", dest="end", default=None, help="last session (default: the end)")
-    p = sub.add_parser("positions", help="print stored positions")
+    p = sub.add_parser(
+        "positions",
+        help="fetch positions from the running service over gRPC",
+        description="GetPositions from the service at MOMENTUM_GRPC_HOST:MOMENTUM_GRPC_PORT "
+        "(bearer token and TLS from the same settings), printed as a table.",
+    )
     p.add_argument("--date", default=None, help="as-of date (default: latest)")
-    p.add_argument("--model", default=None, help="model name (default: MOMENTUM_MODEL_NAME)")
+    p.add_argument("--model", default=None, help="model name (default: the served model)")
+    p.add_argument("--address", default=None, help="host:port (default: from the settings)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     sub.add_parser("check-model", help="load and check the served model, print its manifest")
     sub.add_parser("settings", help="print every MOMENTUM_* setting with its default and meaning")
     args = parser.parse_args(argv)

@@ -450,6 +450,18 @@ class ServiceMetrics:
                 value = metrics.get(key)
                 gauge.set(math.nan if value is None else value)
 
+    def observe_history(self, engine: sa.Engine, model_name: str) -> None:
+        """At start: the last successful cycle and the stale count from the store, so a
+        restart does not look like a service that never ran (and trip the alerts)."""
+        runs = store.read_cycle_runs(engine, model_name=model_name, status="succeeded", limit=1)
+        if len(runs):
+            finished = pd.Timestamp(runs["finished_at"].iloc[0])
+            self.last_success.set(finished.timestamp())
+            self.last_as_of.set(_date_seconds(runs["as_of"].iloc[0]))
+        latest = store.latest_positions(engine, model_name)
+        if latest is not None:
+            self.assets_stale.set(int(latest["stale"].sum()))
+
     def observe_ledger(self, summary: LedgerSummary) -> None:
         """Export the paper ledger's track record (`service.paper.ledger_summary`)."""
         self.paper_pnl.set(summary.total_return)

@@ -79,9 +79,20 @@ def test_ingest_cycle_positions_and_check_model(env, tmp_path, capsys):
 
     assert main(["cycle"]) == 0
     assert capsys.readouterr().out.startswith("2021-03-31 succeeded")
-    assert main(["positions"]) == 0
-    table = capsys.readouterr().out
-    assert "as of 2021-03-31" in table and "AAPL" in table
+    # `positions` is a gRPC client of a running service
+    from service.app import SignalService
+    from service.config import load_settings
+    from service.grpc_server import GrpcServer
+
+    with GrpcServer(SignalService(load_settings()), port=0) as server:
+        assert main(["positions", "--address", f"127.0.0.1:{server.port}"]) == 0
+        table = capsys.readouterr().out
+        assert (
+            main(["positions", "--address", f"127.0.0.1:{server.port}", "--date", "1999-01-04"])
+            == 1
+        )
+        assert "NOT_FOUND" in capsys.readouterr().err
+    assert "as of 2021-03-31" in table and "AAPL" in table and "previous" in table
     assert main(["check-model"]) == 0
     assert "CPUExecutionProvider" in capsys.readouterr().out
 
@@ -152,3 +163,36 @@ def test_readme_settings_table_is_the_codes():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert settings_table() in readme, "README settings table is stale: momentum-serve settings"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_serves_grpc_and_metrics_and_stops_cleanly_on_sigterm(env, monkeypatch):
+    import time
+    import urllib.request
+
+    grpc_port, metrics_port = _free_port(), _free_port()
+    monkeypatch.setenv("MOMENTUM_GRPC_PORT", str(grpc_port))
+    monkeypatch.setenv("MOMENTUM_METRICS_PORT", str(metrics_port))
+    command = [sys.executable, "-m", "service.cli", "run", "--grace", "1"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            health = [sys.executable, "-m", "service.healthcheck", "--port", str(grpc_port)]
+            deadline = time.monotonic() + 60
+            while subprocess.run(health, capture_output=True).returncode != 0:
+                assert child.poll() is None, child.stderr.read()
+                assert time.monotonic() < deadline, "never SERVING"
+                time.sleep(0.5)
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            assert "momentum_model_loaded 1.0" in text
+        finally:
+            child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 0
+        assert "stopped" in child.stderr.read()
