@@ -298,8 +298,14 @@ class ServiceMetrics:
             "Worst drawdown of the served model's portfolio on its test window.",
             registry=r,
         )
+        self.backtest_sharpe = Gauge(
+            "momentum_backtest_sharpe",
+            "Annualised Sharpe ratio of the served model's portfolio on its test window.",
+            registry=r,
+        )
         self.backtest_turnover.set(math.nan)
         self.backtest_max_drawdown.set(math.nan)
+        self.backtest_sharpe.set(math.nan)
 
         # gRPC
         self.grpc_requests = Counter(
@@ -446,6 +452,7 @@ class ServiceMetrics:
             for gauge, key in (
                 (self.backtest_turnover, "test_weight_turnover"),
                 (self.backtest_max_drawdown, "test_max_drawdown"),
+                (self.backtest_sharpe, "test_sharpe"),
             ):
                 value = metrics.get(key)
                 gauge.set(math.nan if value is None else value)
