@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all lint format typecheck bench results proto clean
+.PHONY: install test test-slow test-all lint format typecheck bench results proto demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: $(STAMP)
 # the quick-protocol backtests of docs/results.md (about an hour on 2 cores; resumable)
 results: $(STAMP)
 	$(VENV)/bin/momentum-train results --out runs/results
+
+# the whole product on the embedded data: backtest, export, replay, serve, positions over gRPC
+# (DEMO_QUICK=1 for the short variant CI runs)
+demo: $(STAMP)
+	bash scripts/demo.sh
 
 # gRPC stubs of proto/ into service/_proto (committed; a test diffs them against a regeneration)
 proto: $(STAMP)
