@@ -1,7 +1,7 @@
 """A paper-trading client of the signal service: target weights in, orders out.
 
     python examples/paper_trader.py [--address 127.0.0.1:50051] [--capital 1000000]
-        [--min-trade 0.001] [--max-messages N] [--token TOKEN]
+        [--min-trade 0.001] [--fill next|same] [--max-messages N] [--token TOKEN]
 
 Subscribes to ``StreamPositions`` and keeps a simulated account (cash and
 shares). For every positions message (as of session t):
@@ -11,6 +11,12 @@ shares). For every positions message (as of session t):
 2. the new target weights become orders: target shares
    ``round(weight * equity / close_t)`` minus the shares held, skipping trades
    worth less than ``--min-trade`` of equity; they fill at the next close.
+
+``--fill same`` fills them at the close of t itself instead: what the paper
+ledger and the backtests assume (positions decided at close t are held from
+close t), so the account then tracks the ledger up to share rounding and the
+trade threshold. ``next`` (the default) is what a live account gets: the
+positions arrive after the close, so the orders wait for the next one.
 
 Each order's client order id is derived from (as-of date, ticker) only, so a
 replayed or duplicated message produces the same ids and the broker refuses
@@ -73,10 +79,17 @@ class Broker(Protocol):
 
 
 class SimulatedBroker:
-    """Fills every open order at the next close from `prices` (dates x tickers)."""
+    """Fills open orders at a close from `prices` (dates x tickers).
 
-    def __init__(self, prices: pd.DataFrame) -> None:
+    ``lag=1``: at the first close after the order's as-of date (the next close);
+    ``lag=0``: already at the as-of date's own close.
+    """
+
+    def __init__(self, prices: pd.DataFrame, *, lag: int = 1) -> None:
+        if lag not in (0, 1):
+            raise ValueError(f"`lag` must be 0 or 1, got {lag}")
         self.prices = prices
+        self.lag = lag
         self.seen: set[str] = set()
         self.open: list[Order] = []
 
@@ -91,8 +104,9 @@ class SimulatedBroker:
         fills, still_open = [], []
         for order in self.open:
             price = self.prices.at[day, order.ticker] if day in self.prices.index else float("nan")
-            if day <= pd.Timestamp(order.as_of) or not pd.notna(price):
-                still_open.append(order)  # fills only at a later session's close
+            too_early = day < pd.Timestamp(order.as_of) + pd.Timedelta(days=self.lag)
+            if too_early or not pd.notna(price):
+                still_open.append(order)
                 continue
             fills.append(Fill(order.client_order_id, order.ticker, order.quantity, price, date))
         self.open = still_open
@@ -169,6 +183,8 @@ class PaperTrader:
         self.processed.add(as_of)
         planned = orders_for(as_of, weights, closes, self.account, min_trade=self.min_trade)
         accepted = self.broker.submit(planned)
+        for fill in self.broker.fill(as_of):  # with lag 0 they fill at this very close
+            self.account.apply(fill)
         self.curve.append((as_of, equity))
         self.out(
             f"{as_of} equity {equity:,.2f} cash {self.account.cash:,.2f} "
@@ -189,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-trade", type=float, default=0.001, help="share of equity")
     parser.add_argument("--prices", default="sp500", help="price source for fills")
     parser.add_argument("--max-messages", type=int, default=None, help="stop after N messages")
+    parser.add_argument(
+        "--fill",
+        choices=["next", "same"],
+        default="next",
+        help="fill at the next close (live) or at the as-of close (the paper ledger's timing)",
+    )
     args = parser.parse_args(argv)
 
     import grpc
@@ -203,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return {t: float(v) for t, v in row.items() if pd.notna(v)}
 
     trader = PaperTrader(
-        SimulatedBroker(prices), closes, capital=args.capital, min_trade=args.min_trade
+        SimulatedBroker(prices, lag=1 if args.fill == "next" else 0),
+        closes,
+        capital=args.capital,
+        min_trade=args.min_trade,
     )
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     with grpc.insecure_channel(args.address) as channel:

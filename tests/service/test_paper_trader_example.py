@@ -58,50 +58,92 @@ def test_a_replayed_message_never_doubles_an_order_and_fills_wait_for_the_next_c
     assert trader.curve[1] == ("2022-01-04", pytest.approx(1000.0 - 550 + 475 + 550 - 475))
 
 
-def test_it_trades_from_a_live_stream(trader_module, served_run, sqlite_engine):
-    """Snapshot + one RunCycle over a real server: two messages, orders, then fills."""
+def test_its_account_tracks_the_paper_ledger_during_a_live_replay(
+    trader_module, served_run, sqlite_engine
+):
+    """A live server, a short replay, the trader on the stream filling at the ledger's closes.
+
+    Its daily return can differ from the ledger's gross return only through its weights:
+    each held weight is off its target by at most the trade threshold (a skipped trade) plus
+    half a share (rounding), so |difference| <= sum_i (min_trade + 0.5 C_i / E) |r_i|.
+    """
+    import queue
+
     import grpc
 
     from momentum.data import load_prices
+    from service import store
     from service._proto import signals_pb2, signals_pb2_grpc
     from service.app import SignalService
     from service.config import load_settings
     from service.grpc_server import GrpcServer
-    from service.ingest import panel_rows
+    from service.ingest import panel_rows, replay_rows
 
     m = trader_module
     settings = load_settings(
-        registry_dir=served_run["registry"], model_name=served_run["name"], device="cpu"
+        registry_dir=served_run["registry"],
+        model_name=served_run["name"],
+        device="cpu",
+        cost_bps=0.0,  # the trader pays no costs: compare with the gross ledger
     )
     service = SignalService(settings, engine=sqlite_engine)
     prices = load_prices("sp500")
-    assert service.ingest(panel_rows(prices.loc["2019-06-03":"2021-03-31"])).ok
-    assert service.run_session("2021-03-30").status == "succeeded"
-    lines: list[str] = []
+    assert service.ingest(panel_rows(prices.loc["2019-06-03":"2021-03-01"])).ok
+    assert service.run_session("2021-03-01").status == "succeeded"
 
     def closes(day):
         return prices.loc[pd.Timestamp(day)].dropna().to_dict()
 
-    trader = m.PaperTrader(m.SimulatedBroker(prices), closes, out=lines.append)
+    min_trade = 0.002
+    broker = m.SimulatedBroker(prices, lag=0)
+    trader = m.PaperTrader(
+        broker, closes, capital=250_000.0, min_trade=min_trade, out=lambda _: None
+    )
+    seen: queue.Queue = queue.Queue()
+    duplicates: list[tuple[int, list]] = []
     with GrpcServer(service, port=0) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = signals_pb2_grpc.SignalServiceStub(channel)
-        stream = stub.StreamPositions(signals_pb2.StreamPositionsRequest(), timeout=60)
-        received = threading.Event()
+        stream = stub.StreamPositions(signals_pb2.StreamPositionsRequest(), timeout=120)
 
         def consume():
-            for n, message in enumerate(stream, 1):
-                trader.on_positions(message.as_of, m._weights(message))
-                received.set()
-                if n == 2:
-                    stream.cancel()
-                    return
+            try:
+                for message in stream:
+                    weights = m._weights(message)
+                    trader.on_positions(message.as_of, weights)
+                    if message.as_of == "2021-03-03":  # the same message delivered twice
+                        before = len(broker.seen)
+                        again = trader.on_positions(message.as_of, weights)
+                        duplicates.append((len(broker.seen) - before, again))
+                    seen.put(message.as_of)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.CANCELLED
 
         worker = threading.Thread(target=consume)
         worker.start()
-        assert received.wait(30)  # the snapshot of 2021-03-30
-        assert service.run_session("2021-03-31").status == "succeeded"
+        assert seen.get(timeout=30) == "2021-03-01"  # the snapshot
+        sessions = []
+        for day, rows in replay_rows("2021-03-02", "2021-03-19"):
+            assert service.ingest(rows, source="replay").ok
+            assert service.run_session(day).status == "succeeded"
+            assert seen.get(timeout=30) == f"{day:%Y-%m-%d}"
+            sessions.append(day)
+        stream.cancel()
         worker.join(30)
         channel.close()
-    assert [line[:10] for line in lines] == ["2021-03-30", "2021-03-31"]
-    assert trader.account.shares  # the first message's orders filled at 2021-03-31's close
+
+    assert duplicates == [(0, [])]  # no extra order from the duplicate
+    ledger = store.read_ledger(sqlite_engine, served_run["name"])
+    equity = dict(trader.curve)
+    compared = 0
+    previous = ["2021-03-01", *[f"{d:%Y-%m-%d}" for d in sessions[:-1]]]
+    for before, after in zip(previous, sessions, strict=True):
+        day = f"{after:%Y-%m-%d}"
+        traded = equity[day] / equity[before] - 1
+        gross = float(ledger.loc[after, "gross_return"])
+        c0, c1 = pd.Series(closes(before)), pd.Series(closes(day))
+        bound = float(((min_trade + 0.5 * c0 / equity[before]) * (c1 / c0 - 1).abs()).sum())
+        assert abs(traded - gross) <= bound + 1e-12, (day, traded, gross, bound)
+        compared += 1
+    assert compared == len(sessions) >= 10
+    assert trader.account.shares and broker.open == []
