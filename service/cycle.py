@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # history used for the ex-ante portfolio vol estimate (EWM span 60, see ex_ante_vol_scale)
 _PORTFOLIO_VOL_ROWS = 180
+# (date, asset) windows per onnxruntime call when predicting many dates
+_CHUNK_WINDOWS = 8192
 
 
 class CycleError(RuntimeError):
@@ -135,9 +137,15 @@ def _portfolio_leverage(model: LoadedModel, features: Any, row: int, vol_target:
     lookback = model.manifest.lookback
     first = max(lookback - 1, row - _PORTFOLIO_VOL_ROWS)
     rows = np.arange(first, row + 1)
-    signal = np.where(
-        tradable(features)[rows], model.positions(contract_inputs(features, rows, lookback)), np.nan
+    # in chunks of rows: the contract tensor of 180 dates of thousands of assets is gigabytes
+    chunk = max(1, _CHUNK_WINDOWS // model.manifest.n_assets)
+    positions = np.concatenate(
+        [
+            model.positions(contract_inputs(features, rows[i : i + chunk], lookback))
+            for i in range(0, len(rows), chunk)
+        ]
     )
+    signal = np.where(tradable(features)[rows], positions, np.nan)
     daily = portfolio_returns(
         captured_returns(signal, features.next_returns[rows], features.vol[rows])
     )
