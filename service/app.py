@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -22,14 +23,26 @@ from service import store
 from service.calendar import exchange_today, get_calendar
 from service.config import Settings
 from service.cycle import CycleOptions, CycleResult, run_cycle
+from service.errors import FailedPrecondition
 from service.ingest import IngestResult, ingest_closes, ingest_file
 from service.metrics import ServiceMetrics
 from service.model import ModelHolder
 from service.paper import ledger_summary, update_ledger
 
-__all__ = ["SignalService"]
+__all__ = ["SignalService", "StoredCycle"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredCycle:
+    """A cycle another process stored: what stream subscribers need to fetch it."""
+
+    as_of: pd.Timestamp
+    model_name: str
+    model_version: str
+    status: str
+    run_id: int
 
 
 class SignalService:
@@ -41,9 +54,12 @@ class SignalService:
         *,
         engine: sa.Engine | None = None,
         metrics: ServiceMetrics | None = None,
+        read_only: bool = False,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        # a read replica: serves what the store holds, never ingests or runs cycles
+        self.read_only = read_only
         self.engine = engine or store.create_engine(str(settings.database_url))
         self.calendar = get_calendar(settings.calendar)
         self.options = CycleOptions(
@@ -83,6 +99,7 @@ class SignalService:
         source: str = "batch",
         today: Any = None,
     ) -> IngestResult:
+        self._writable("ingest closes")
         result = ingest_closes(
             self.engine,
             rows,
@@ -96,6 +113,7 @@ class SignalService:
         return result
 
     def ingest_file(self, path: str, *, correction: bool = False) -> IngestResult:
+        self._writable("ingest closes")
         result = ingest_file(
             self.engine, path, universe=self.tickers, calendar=self.calendar, correction=correction
         )
@@ -112,6 +130,7 @@ class SignalService:
 
     def run_session(self, session: Any) -> CycleResult:
         """The cycle of one session with the current model, then the paper ledger."""
+        self._writable("run cycles")
         with self._cycle_lock:
             self.refresh_model()
             model = self.holder.require()
@@ -146,6 +165,58 @@ class SignalService:
             done = done_any
         today = exchange_today(self.calendar)
         return [d for d in closes if d > done[-1] and d <= today]
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise FailedPrecondition(
+                f"this is a read replica: it does not {what}; send writes to the instance "
+                "that runs the scheduler"
+            )
+
+    def watch_store(self, interval: float = 2.0) -> Callable[[], None]:
+        """Publish cycles that another process stored (read replicas); returns stop().
+
+        Every `interval` seconds the newest succeeded cycle run is read; a new one is
+        published to the subscribers (StreamPositions) like a cycle run here.
+        """
+        stop = threading.Event()
+        last = self._newest_run()
+        newest = last.run_id if last is not None else -1
+
+        def loop() -> None:
+            nonlocal newest
+            while not stop.wait(interval):
+                try:
+                    self.refresh_model()  # follow the production pointer, as the writer does
+                    found = self._newest_run()
+                except Exception:
+                    log.exception("reading cycle runs failed")
+                    continue
+                if found is not None and found.run_id > newest:
+                    newest = found.run_id
+                    self._publish(found)  # type: ignore[arg-type]
+
+        thread = threading.Thread(target=loop, name="store-watch", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(timeout=interval + 5)
+
+        return halt
+
+    def _newest_run(self) -> StoredCycle | None:
+        runs = store.read_cycle_runs(self.engine, status="succeeded", limit=1)
+        if runs.empty:
+            return None
+        row = runs.iloc[0]
+        return StoredCycle(
+            as_of=pd.Timestamp(row["as_of"]),
+            model_name=str(row["model_name"]),
+            model_version=str(row["model_version"]),
+            status="succeeded",
+            run_id=int(row["id"]),
+        )
 
     # -- metrics ----------------------------------------------------------------------------
 

@@ -277,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     metrics = ServiceMetrics(per_ticker=settings.per_ticker_metrics)
-    service = SignalService(settings, metrics=metrics)
+    service = SignalService(settings, metrics=metrics, read_only=args.reader)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -298,6 +298,19 @@ def _run(args: argparse.Namespace) -> int:
             "no model to serve yet (%s); health stays NOT_SERVING until one is promoted",
             outcome.refused,
         )
+    if args.reader:
+        # a read replica: no scheduler; cycles stored by the writer reach its streams
+        halt = service.watch_store()
+        log.info("read replica: serving the store, no scheduler")
+        try:
+            stop.wait()
+        finally:
+            halt()
+            server.stop(grace=args.grace)
+            http.shutdown()
+            service.engine.dispose()
+        log.info("stopped")
+        return 0
     scheduler = CycleScheduler(
         service.run_session,
         service.pending_sessions,
@@ -348,6 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--grace", type=float, default=10.0, help="seconds open calls get at shutdown (10)"
+    )
+    p.add_argument(
+        "--reader",
+        action="store_true",
+        help="read replica: gRPC and metrics over a shared PostgreSQL store, no scheduler; "
+        "IngestCloses and RunCycle are refused (FAILED_PRECONDITION)",
     )
     p = sub.add_parser("cycle", help="run one session's cycle now")
     p.add_argument("--date", default=None, help="session (default: the newest with closes)")

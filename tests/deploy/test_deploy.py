@@ -181,9 +181,17 @@ def _k8s() -> dict[str, list[dict[str, Any]]]:
     return objects
 
 
-def _deployment() -> dict[str, Any]:
-    (deployment,) = _k8s()["Deployment"]
-    return deployment
+WRITER = "momentum-signal-service"
+READERS = "momentum-signal-readers"
+
+
+def _named(kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in _k8s()[kind] if o["metadata"]["name"] == name]
+    return found
+
+
+def _deployment(name: str = WRITER) -> dict[str, Any]:
+    return _named("Deployment", name)
 
 
 def _container() -> dict[str, Any]:
@@ -592,7 +600,7 @@ def test_execution_provider_is_shown():
 def test_k8s_kinds():
     objects = _k8s()
     assert set(objects) == {"Deployment", "Service", "ConfigMap", "PersistentVolumeClaim"}
-    assert len(objects["Deployment"]) == 1
+    assert {d["metadata"]["name"] for d in objects["Deployment"]} == {WRITER, READERS}
     claims = {pvc["metadata"]["name"] for pvc in objects["PersistentVolumeClaim"]}
     assert claims == {"momentum-models", "momentum-data"}
 
@@ -672,11 +680,28 @@ def test_prometheus_annotations_and_the_service_reach_the_ports():
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == int(_configmap()[env_var("metrics_port")])
     assert annotations["prometheus.io/path"] == "/metrics"
-    (service,) = _k8s()["Service"]
+    service = _named("Service", WRITER)
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
     names = {p["name"] for p in _container()["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} == names
     assert {p["port"] for p in service["spec"]["ports"]} == {GRPC_PORT, METRICS_PORT}
+
+
+def test_read_replicas_run_without_a_scheduler_behind_their_own_service():
+    readers = _deployment(READERS)
+    spec = readers["spec"]
+    assert spec["replicas"] >= 2
+    (container,) = spec["template"]["spec"]["containers"]
+    assert [*container["command"], *container["args"]] == ["momentum-serve", "run", "--reader"]
+    assert container["readinessProbe"]["grpc"]["service"] == SIGNAL_SERVICE
+    # they need the PostgreSQL URL: the Secret is not optional for them
+    (secret,) = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
+    assert secret.get("optional") is not True
+    # no data volume: they never write
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/models", "/tmp"}
+    service = _named("Service", READERS)
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_the_deployment_reads_the_configmap_and_an_optional_secret():
