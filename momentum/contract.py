@@ -22,6 +22,8 @@ not trading yet) enters as 0 and the asset takes no position that day
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from momentum.features import Features
@@ -32,11 +34,14 @@ __all__ = [
     "contract_inputs",
     "input_windows",
     "model_values",
+    "predict_rows",
     "tradable",
 ]
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "positions"
+# (date, asset) windows per model call in `predict_rows`: bounds the contract tensor's memory
+MAX_WINDOWS = 8192
 
 
 def model_values(values: np.ndarray) -> np.ndarray:
@@ -91,3 +96,40 @@ def input_windows(x: np.ndarray, rows: np.ndarray, lookback: int) -> np.ndarray:
 def contract_inputs(features: Features, rows: np.ndarray, lookback: int) -> np.ndarray:
     """`input_windows` of `features` for `rows`: what a served model is fed."""
     return input_windows(model_values(features.values), rows, lookback)
+
+
+def predict_rows(
+    positions: Callable[[np.ndarray], np.ndarray],
+    features: Features,
+    rows: np.ndarray,
+    lookback: int,
+    *,
+    max_windows: int = MAX_WINDOWS,
+) -> np.ndarray:
+    """A served model's positions for many decision rows, NaN where not tradable.
+
+    Parameters
+    ----------
+    positions : callable
+        Contract tensor ``(batch, N, lookback, d)`` -> positions ``(batch, N)`` (an
+        onnxruntime session's ``positions`` output, say).
+    features : Features
+    rows : ndarray of int
+        Decision rows, each with a full window.
+    lookback : int
+    max_windows : int
+        Rows go to the model in chunks of at most this many (row, asset) windows: the
+        contract tensor of months of thousands of assets would be gigabytes.
+
+    Returns
+    -------
+    ndarray, shape (len(rows), N), float64
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    chunk = max(1, max_windows // len(features.tickers))
+    out = np.full((len(rows), len(features.tickers)), np.nan)
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo : lo + chunk]
+        out[lo : lo + len(part)] = positions(contract_inputs(features, part, lookback))
+    out[~tradable(features)[rows]] = np.nan
+    return out

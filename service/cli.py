@@ -29,7 +29,7 @@ class CommandError(Exception):
     """A command that cannot do what was asked; printed without a traceback (exit 1)."""
 
 
-def _service(*, chatty: bool = False):  # -> SignalService
+def _service(*, chatty: bool = False, **options: Any):  # -> SignalService
     """The service from the settings; one-shot commands log warnings only unless
     MOMENTUM_LOG_LEVEL says otherwise (their own output is the report)."""
     from service.app import SignalService
@@ -40,7 +40,7 @@ def _service(*, chatty: bool = False):  # -> SignalService
     if not chatty and env_var("log_level") not in os.environ:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return SignalService(settings)
+    return SignalService(settings, **options)
 
 
 def _model(service):  # -> LoadedModel
@@ -266,18 +266,13 @@ def _check_model(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Scheduler, gRPC server and metrics endpoint together, until SIGTERM / Ctrl-C."""
-    from service.app import SignalService
-    from service.config import load_settings
     from service.grpc_server import GrpcServer
     from service.metrics import ServiceMetrics
     from service.scheduler import CycleScheduler
 
-    settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    metrics = ServiceMetrics(per_ticker=settings.per_ticker_metrics)
-    service = SignalService(settings, metrics=metrics, read_only=args.reader)
+    service = _service(chatty=True, read_only=args.reader)
+    settings = service.settings
+    metrics = service.metrics = ServiceMetrics(per_ticker=settings.per_ticker_metrics)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -298,31 +293,27 @@ def _run(args: argparse.Namespace) -> int:
             "no model to serve yet (%s); health stays NOT_SERVING until one is promoted",
             outcome.refused,
         )
-    if args.reader:
-        # a read replica: no scheduler; cycles stored by the writer reach its streams
-        halt = service.watch_store()
-        log.info("read replica: serving the store, no scheduler")
-        try:
-            stop.wait()
-        finally:
-            halt()
-            server.stop(grace=args.grace)
-            http.shutdown()
-            service.engine.dispose()
-        log.info("stopped")
-        return 0
-    scheduler = CycleScheduler(
-        service.run_session,
-        service.pending_sessions,
-        settings=settings,
-        misfire_grace_hours=settings.misfire_grace_hours,
-    )
+    scheduler, halt_watch = None, None
     try:
-        scheduler.start()  # catches up pending sessions first
-        log.info("next cycle at %s", scheduler.next_fire_time)
+        if args.reader:
+            # a read replica: no scheduler; cycles stored by the writer reach its streams
+            halt_watch = service.watch_store()
+            log.info("read replica: serving the store, no scheduler")
+        else:
+            scheduler = CycleScheduler(
+                service.run_session,
+                service.pending_sessions,
+                settings=settings,
+                misfire_grace_hours=settings.misfire_grace_hours,
+            )
+            scheduler.start()  # catches up pending sessions first
+            log.info("next cycle at %s", scheduler.next_fire_time)
         stop.wait()
     finally:
-        scheduler.shutdown(wait=True)
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        if halt_watch is not None:
+            halt_watch()
         server.stop(grace=args.grace)
         http.shutdown()
         service.engine.dispose()

@@ -35,15 +35,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from momentum.contract import contract_inputs, tradable
+from momentum.contract import contract_inputs, predict_rows, tradable
 from momentum.data import validate_prices
 from momentum.features import Features, compute_features
 from momentum.manifest import feature_config
 from momentum.portfolio import (
     VOL_TARGET,
-    captured_returns,
     ex_ante_vol_scale,
-    portfolio_returns,
+    strategy_returns,
     target_weights,
 )
 from service import store
@@ -55,8 +54,6 @@ log = logging.getLogger(__name__)
 
 # history used for the ex-ante portfolio vol estimate (EWM span 60, see ex_ante_vol_scale)
 _PORTFOLIO_VOL_ROWS = 180
-# (date, asset) windows per onnxruntime call when predicting many dates
-_CHUNK_WINDOWS = 8192
 
 
 class CycleError(RuntimeError):
@@ -137,18 +134,8 @@ def _portfolio_leverage(model: LoadedModel, features: Any, row: int, vol_target:
     lookback = model.manifest.lookback
     first = max(lookback - 1, row - _PORTFOLIO_VOL_ROWS)
     rows = np.arange(first, row + 1)
-    # in chunks of rows: the contract tensor of 180 dates of thousands of assets is gigabytes
-    chunk = max(1, _CHUNK_WINDOWS // model.manifest.n_assets)
-    positions = np.concatenate(
-        [
-            model.positions(contract_inputs(features, rows[i : i + chunk], lookback))
-            for i in range(0, len(rows), chunk)
-        ]
-    )
-    signal = np.where(tradable(features)[rows], positions, np.nan)
-    daily = portfolio_returns(
-        captured_returns(signal, features.next_returns[rows], features.vol[rows])
-    )
+    signal = predict_rows(model.positions, features, rows, lookback)
+    daily = strategy_returns(signal, features.next_returns[rows], features.vol[rows])
     scale = ex_ante_vol_scale(daily, vol_target)[-1]
     return float(scale) if np.isfinite(scale) else 1.0
 

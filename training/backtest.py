@@ -40,7 +40,7 @@ from momentum import benchmarks as bm
 from momentum.data import load_prices, sectors
 from momentum.features import FEATURES_VERSION, FeatureConfig, Features, compute_features
 from momentum.metrics import sharpe_ratio
-from momentum.portfolio import captured_returns, portfolio_returns
+from momentum.portfolio import captured_returns, strategy_returns
 from training.datasets import ModelData
 from training.explain import slp_attribution_summary, tft_summary
 from training.models import Universe, get_spec
@@ -213,10 +213,9 @@ def _long(features: Features, rows: np.ndarray, signal: np.ndarray, **columns: A
 
 
 def _window_sharpe(features: Features, rows: np.ndarray, signal: np.ndarray) -> float:
-    daily = portfolio_returns(
-        captured_returns(signal, features.next_returns[rows], features.vol[rows])
+    return float(
+        sharpe_ratio(strategy_returns(signal, features.next_returns[rows], features.vol[rows]))
     )
-    return float(sharpe_ratio(daily))
 
 
 def _run_window(

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from momentum.contract import contract_inputs, tradable
+from momentum.contract import INPUT_NAME, OUTPUT_NAME, predict_rows
 from momentum.data import load_prices
 from momentum.features import FeatureConfig, Features, compute_features
 from momentum.manifest import (
@@ -38,7 +38,7 @@ from momentum.manifest import (
     reference_quantiles,
 )
 from momentum.metrics import max_drawdown, sharpe_ratio
-from momentum.portfolio import captured_returns, portfolio_returns, target_weights, turnover
+from momentum.portfolio import portfolio_returns, strategy_returns, target_weights, turnover
 from momentum.registry import ModelVersion, publish, version_id
 from training.backtest import BacktestConfig, universe_for
 from training.datasets import ModelData
@@ -49,9 +49,6 @@ from training.splits import final_split
 from training.train import TrainConfig, split_hyperparameters
 
 __all__ = ["export_production", "export_window", "lookback_of", "window_directory"]
-
-# rows per onnxruntime call when computing the reference signal distribution
-_CHUNK_WINDOWS = 8192
 
 
 def lookback_of(name: str, model_config: Any, hyper: dict[str, Any], default_seq_len: int) -> int:
@@ -83,28 +80,19 @@ def _signal_quantiles(
 ) -> list[float]:
     """Deciles of the exported model's positions on `rows` (tradable entries only)."""
     session = onnx_session(graph.path)
-    n_assets = len(features.tickers)
-    chunk = max(1, _CHUNK_WINDOWS // n_assets)
-    positions = []
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo : lo + chunk]
-        out = session.run(["positions"], {"features": contract_inputs(features, part, lookback)})[0]
-        positions.append(out[tradable(features)[part]])
-    values = np.concatenate(positions)
+    values = predict_rows(
+        lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], features, rows, lookback
+    )
+    values = values[np.isfinite(values)]
     return [float(q) for q in np.quantile(values, QUANTILE_LEVELS)]
 
 
 def _libraries() -> dict[str, str]:
-    names = ["numpy", "pandas", "onnx", "onnxscript", "deep-momentum"]
+    names = ["numpy", "pandas", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu"]
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in names:
+    for name in [*names, "deep-momentum"]:
         try:
             out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    for runtime in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[runtime] = importlib.metadata.version(runtime)
         except importlib.metadata.PackageNotFoundError:
             continue
     return out
@@ -205,7 +193,7 @@ def _test_metrics(signals: pd.DataFrame, tickers: tuple[str, ...]) -> dict[str, 
         for column in ("signal", "vol", "next_return")
     }
     signal, vol = wide["signal"].to_numpy(), wide["vol"].to_numpy()
-    daily = portfolio_returns(captured_returns(signal, wide["next_return"].to_numpy(), vol))
+    daily = strategy_returns(signal, wide["next_return"].to_numpy(), vol)
     daily = daily[np.isfinite(daily)]
     # traded weight per day, as the service's turnover metric and paper ledger count it
     traded = np.nansum(turnover(np.nan_to_num(target_weights(signal, vol))), axis=1)

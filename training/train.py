@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from momentum.metrics import sharpe_ratio
-from momentum.portfolio import captured_returns, portfolio_returns
+from momentum.portfolio import strategy_returns
 from training.datasets import Layout, ModelData, make_layout, positions_of
 from training.losses import LossName, Reduction, objective
 from training.models import ModelSpec, Universe, get_spec
@@ -129,9 +129,7 @@ def validation_sharpe(model: nn.Module, layout: Layout, data: ModelData, rows: n
     """Sharpe of the cross-asset average daily captured return on `rows` (NaN if undefined)."""
     positions = layout.predict(model, data, rows)
     f = data.features
-    captured = captured_returns(positions, f.next_returns[rows], f.vol[rows])
-    daily = portfolio_returns(captured)
-    return float(sharpe_ratio(daily))
+    return float(sharpe_ratio(strategy_returns(positions, f.next_returns[rows], f.vol[rows])))
 
 
 def check_rows(train_rows: np.ndarray, valid_rows: np.ndarray) -> None:
