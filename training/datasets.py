@@ -273,13 +273,18 @@ class SequenceLayout(Layout):
         # every asset's window becomes one sequence: (rows * assets, seq, features)
         x = windows.transpose(0, 2, 1, 3).reshape(n_rows * n_assets, self.steps, n_features)
         tickers = np.tile(np.arange(n_assets, dtype=np.int64), n_rows)
+        offsets = _window_offsets(rows, self.steps)
+        # windows that end at their row (all but the first rows of the data) need only the
+        # last step: the models' serving path, which skips the other steps' heads
+        last_only = bool((offsets == self.steps - 1).all())
         positions = positions_of(
             model(
                 torch.from_numpy(np.ascontiguousarray(x)).to(device),
                 torch.from_numpy(tickers).to(device),
+                last_only=last_only,
             )
-        )
-        step = torch.from_numpy(np.repeat(_window_offsets(rows, self.steps), n_assets))
+        )  # (rows * assets, seq), or (rows * assets, 1) with last_only
+        step = torch.from_numpy(np.repeat(offsets - (self.steps - positions.shape[1]), n_assets))
         picked = positions[
             torch.arange(positions.shape[0], device=positions.device), step.to(positions.device)
         ]

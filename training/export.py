@@ -133,11 +133,12 @@ class SequenceServing(nn.Module):
         _, n_assets, lookback, n_features = features.shape
         x = features.reshape(-1, lookback, n_features)  # (batch * assets, lookback, features)
         tickers = self.ticker_ids.repeat(features.shape[0])  # (batch * assets,), asset-major
-        out = self.model(x, tickers)
+        # last_only: the models skip the work that only earlier steps' positions need
+        out = self.model(x, tickers, last_only=True)
         return tuple(out) if isinstance(out, tuple) else (out,)
 
     def forward(self, features: Tensor) -> Tensor:
-        positions = self._run(features)[0]  # (batch * assets, lookback)
+        positions = self._run(features)[0]  # (batch * assets, 1): the last step
         return positions[:, -1].reshape(-1, self.n_assets)  # (batch, assets)
 
 

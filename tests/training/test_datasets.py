@@ -15,6 +15,7 @@ from training.datasets import (
     SpatioTemporalLayout,
     label_rows,
     make_layout,
+    positions_of,
 )
 from training.models import REGISTRY
 
@@ -116,17 +117,28 @@ def test_predictions_use_no_future_data(data, name):
     assert not np.allclose(base[12:], moved[12:], equal_nan=True)
 
 
-def test_sequence_prediction_is_the_last_step_of_its_window(data):
-    spec = REGISTRY["dmn"]
+@pytest.mark.parametrize("name", ["dmn", "tft"])
+@pytest.mark.parametrize("early", [False, True])
+def test_sequence_prediction_is_the_last_step_of_its_window(data, name, early):
+    """Late rows only (the models' last-step path) or with an early row, whose window starts
+    at row 0 and ends after it (full sequences): each position is the model's output at the
+    row's step of that window."""
+    spec = REGISTRY[name]
     torch.manual_seed(0)
     model = spec.build(spec.tiny()).eval()
-    layout = SequenceLayout(seq_len=10)
-    row, asset = 450, 2
-    positions = layout.predict(model, data, np.array([row]))
-    window = torch.from_numpy(data.x[row - 9 : row + 1, asset][None])
-    with torch.no_grad():
-        direct = model(window)[0, -1].item()
-    assert positions[0, asset] == pytest.approx(direct, abs=1e-6)
+    asset = 2
+    first = int(np.flatnonzero(data.tradable[:, asset])[0])
+    seq_len = first + 5 if early else 10
+    rows = [first + 2, 450] if early else [450, 451, 460]
+    positions = SequenceLayout(seq_len).predict(model, data, np.array(rows))
+    for i, row in enumerate(rows):
+        start = max(row - seq_len + 1, 0)
+        window = torch.from_numpy(data.x[start : start + seq_len, asset][None])
+        with torch.no_grad():
+            out = model(window, torch.tensor([asset]))
+        direct = positions_of(out)[0, row - start].item()
+        assert np.isfinite(positions[i, asset])
+        assert positions[i, asset] == pytest.approx(direct, abs=1e-6)
 
 
 def test_untradable_entries_get_no_position(data):

@@ -247,6 +247,44 @@ def test_causality(name: str, step: int) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("seq", [1, 2, SEQ])
+def test_last_only_is_the_last_step_of_the_full_output(name: str, seq: int) -> None:
+    """The serving path (`last_only`) skips work, never changes the last step's numbers."""
+    cls, tiny = MODELS[name]
+    model = cls(tiny(dropout=0.3)).eval()
+    with torch.no_grad():  # weights far from init, as after training
+        for param in model.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    x, tickers = 3.0 * _features(seq=seq), _tickers()
+    with torch.no_grad():
+        full = model(x, tickers)
+        last = model(x, tickers, last_only=True)
+    if isinstance(full, TftOutput):
+        assert isinstance(last, TftOutput)
+        assert last.positions.shape == (BATCH, 1)
+        assert last.variable_weights.shape == (BATCH, 1, N_FEATURES)
+        assert last.attention.shape == (BATCH, 1, seq)  # one query row over the window
+        for field in ("positions", "variable_weights", "attention"):
+            want = getattr(full, field)[:, -1:]
+            torch.testing.assert_close(getattr(last, field), want, rtol=0, atol=1e-6)
+    else:
+        assert last.shape == (BATCH, 1)
+        torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-6)
+
+
+def test_attention_last_only_is_the_last_query_row() -> None:
+    attention = InterpretableMultiHeadAttention(hidden_size=8, heads=2).eval()
+    x = torch.randn(BATCH, SEQ, 8)
+    with torch.no_grad():
+        output, weights = attention(x)
+        last_output, last_weights = attention(x, last_only=True)
+    assert last_output.shape == (BATCH, 1, 8) and last_weights.shape == (BATCH, 1, SEQ)
+    torch.testing.assert_close(last_output, output[:, -1:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(last_weights, weights[:, -1:], rtol=0, atol=1e-6)
+    assert bool((last_weights[:, 0, :-1] > 0).all())  # the last step sees the whole window
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_keras_lstm_initialisation(name: str) -> None:
     cls, tiny = MODELS[name]
     lstm = cls(tiny()).lstm

@@ -119,8 +119,10 @@ class Dmn(nn.Module):
         self.output_dropout = nn.Dropout(config.dropout)
         self.head = keras_linear(config.hidden, 1)
 
-    def forward(self, x: Tensor, tickers: Tensor | None = None) -> Tensor:
-        """Positions at every step.
+    def forward(
+        self, x: Tensor, tickers: Tensor | None = None, *, last_only: bool = False
+    ) -> Tensor:
+        """Positions at every step, or at the last step only.
 
         Parameters
         ----------
@@ -129,17 +131,23 @@ class Dmn(nn.Module):
         tickers : Tensor or None
             ``(batch,)`` ticker ids; accepted for the shared "sequence" signature and ignored
             (the DMN has no static input).
+        last_only : bool
+            Apply the head to the LSTM's final state only: what serving needs (the export
+            wrapper sets it), and ``seq`` times less head work.
 
         Returns
         -------
         Tensor
-            ``(batch, seq)`` positions in [-1, 1]; step ``s`` depends on steps ``<= s`` only.
+            ``(batch, seq)`` positions in [-1, 1], or ``(batch, 1)`` with `last_only` (equal
+            to the last column of the full output); step ``s`` depends on steps ``<= s`` only.
         """
         if x.dim() != 3 or x.shape[-1] != self.config.n_features:
             raise ValueError(
                 f"`x` must have shape (batch, seq, {self.config.n_features}), got {tuple(x.shape)}"
             )
-        h, _ = self.lstm(self.input_dropout(x))  # (batch, seq, hidden)
+        h, (h_last, _) = self.lstm(self.input_dropout(x))  # (batch, seq, hidden)
+        if last_only:  # h_last (1, batch, hidden) is h[:, -1] (the LSTM's Y_h in ONNX)
+            h = h_last.transpose(0, 1)  # (batch, 1, hidden)
         h = self.output_dropout(h)
         return torch.tanh(self.head(h)).squeeze(-1)  # (batch, seq)
 

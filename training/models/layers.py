@@ -368,37 +368,42 @@ class InterpretableMultiHeadAttention(nn.Module):
         self.out = keras_linear(self.head_size, hidden_size, bias=False)  # W_H
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, *, last_only: bool = False) -> tuple[Tensor, Tensor]:
         """Causal self-attention over the sequence.
 
         Parameters
         ----------
         x : Tensor
             ``(batch, seq, hidden_size)``; queries, keys and values all come from ``x``.
+        last_only : bool
+            Only the last step queries (``q = 1`` below; keys and values still span the
+            whole sequence): the row that serving needs, without the ``seq x seq`` scores.
 
         Returns
         -------
         output : Tensor
-            ``(batch, seq, hidden_size)``.
+            ``(batch, q, hidden_size)`` with ``q = seq``, or 1 with `last_only`.
         attention : Tensor
-            ``(batch, seq, seq)``, weights averaged over heads; row ``s`` is the distribution
+            ``(batch, q, seq)``, weights averaged over heads; row ``s`` is the distribution
             over key steps for query step ``s`` (zero above the diagonal, rows sum to 1).
         """
-        q = self.query(x).unflatten(-1, (self.heads, self.head_size))  # (batch, seq, heads, d)
-        k = self.key(x).unflatten(-1, (self.heads, self.head_size))  # (batch, seq, heads, d)
-        q = q.transpose(1, 2)  # (batch, heads, seq, d)
-        k = k.transpose(1, 2)  # (batch, heads, seq, d)
+        queries = x[:, -1:] if last_only else x
+        # (batch, q, heads, d) -> (batch, heads, q, d)
+        q = self.query(queries).unflatten(-1, (self.heads, self.head_size)).transpose(1, 2)
+        # (batch, seq, heads, d) -> (batch, heads, seq, d)
+        k = self.key(x).unflatten(-1, (self.heads, self.head_size)).transpose(1, 2)
         v = self.value(x).unsqueeze(1)  # (batch, 1, seq, d): shared by every head
 
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (batch, heads, seq, seq)
-        # True means "masked out": key step j lies in the future of query step i (j > i).
-        # Built from the runtime scores so the sequence length stays dynamic in ONNX.
-        is_future = torch.triu(torch.ones_like(scores[0, 0], dtype=torch.bool), diagonal=1)
-        # The diagonal is never masked, so every row keeps a finite entry and softmax is safe.
-        scores = scores.masked_fill(is_future, float("-inf"))
-        attention = torch.softmax(scores, dim=-1)  # (batch, heads, seq, seq), eq. (10)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (batch, heads, q, seq)
+        if not last_only:  # the last step sees the whole window: nothing lies in its future
+            # True means "masked out": key step j lies in the future of query step i (j > i).
+            # Built from the runtime scores so the sequence length stays dynamic in ONNX.
+            is_future = torch.triu(torch.ones_like(scores[0, 0], dtype=torch.bool), diagonal=1)
+            # The diagonal is never masked: every row keeps a finite entry, softmax is safe.
+            scores = scores.masked_fill(is_future, float("-inf"))
+        attention = torch.softmax(scores, dim=-1)  # (batch, heads, q, seq), eq. (10)
 
-        per_head = self.dropout(attention @ v)  # (batch, heads, seq, d)
-        averaged = per_head.mean(dim=1)  # (batch, seq, d), eq. (15)-(16)
-        output = self.dropout(self.out(averaged))  # (batch, seq, hidden), eq. (14)
+        per_head = self.dropout(attention @ v)  # (batch, heads, q, d)
+        averaged = per_head.mean(dim=1)  # (batch, q, d), eq. (15)-(16)
+        output = self.dropout(self.out(averaged))  # (batch, q, hidden), eq. (14)
         return output, attention.mean(dim=1)

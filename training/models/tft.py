@@ -157,8 +157,10 @@ class Tft(nn.Module):
         self.final_gate = GateAddNorm(hidden, hidden, dropout=0.0)
         self.head = keras_linear(hidden, 1)
 
-    def forward(self, x: Tensor, tickers: Tensor | None = None) -> TftOutput:
-        """Positions and interpretability weights at every step.
+    def forward(
+        self, x: Tensor, tickers: Tensor | None = None, *, last_only: bool = False
+    ) -> TftOutput:
+        """Positions and interpretability weights at every step, or at the last step only.
 
         Parameters
         ----------
@@ -166,12 +168,19 @@ class Tft(nn.Module):
             ``(batch, seq, n_features)`` float features, oldest step first.
         tickers : Tensor
             ``(batch,)`` int64 ticker ids in ``[0, n_tickers)``; required.
+        last_only : bool
+            Compute the last step only where the rest of the sequence is not needed: the
+            attention query and everything after the attention (what serving needs; the
+            export wrapper sets it). Everything up to the attention's keys and values
+            still runs over the whole sequence.
 
         Returns
         -------
         TftOutput
             ``positions (batch, seq)``, ``variable_weights (batch, seq, n_features)``,
-            ``attention (batch, seq, seq)``. Step ``s`` depends on steps ``<= s`` only.
+            ``attention (batch, seq, seq)``; with `last_only` the ``seq`` axis of each
+            (the query axis of ``attention``) has length 1 and holds the last column or
+            row of the full output. Step ``s`` depends on steps ``<= s`` only.
         """
         self._check_inputs(x, tickers)
         assert tickers is not None  # narrowed by _check_inputs
@@ -195,20 +204,23 @@ class Tft(nn.Module):
         # static enrichment
         enriched = self.enrichment(temporal, c_e)  # (batch, seq, hidden)
 
-        # causal attention
-        attended, attention = self.attention(enriched)  # (b, s, hidden), (b, s, s)
+        # causal attention; q below is seq, or 1 with last_only
+        attended, attention = self.attention(enriched, last_only=last_only)  # (b, q, hid/seq)
+        if last_only:  # only the last step feeds the last position from here on
+            enriched, temporal = enriched[:, -1:], temporal[:, -1:]  # (batch, 1, hidden)
+            variable_weights = variable_weights[:, -1:]  # (batch, 1, n_features)
 
         # gate-add-norm
-        h = self.attention_gate(attended, enriched)  # (batch, seq, hidden)
+        h = self.attention_gate(attended, enriched)  # (batch, q, hidden)
 
         # position-wise feed-forward
-        h = self.feed_forward(h)  # (batch, seq, hidden)
+        h = self.feed_forward(h)  # (batch, q, hidden)
 
         # final gate-add-norm: the skip comes from the LSTM block, bypassing attention
-        h = self.final_gate(h, temporal)  # (batch, seq, hidden)
+        h = self.final_gate(h, temporal)  # (batch, q, hidden)
 
         # position head
-        positions = torch.tanh(self.head(h)).squeeze(-1)  # (batch, seq)
+        positions = torch.tanh(self.head(h)).squeeze(-1)  # (batch, q)
         return TftOutput(positions, variable_weights, attention)
 
     def constrain_(self) -> None:
