@@ -1,7 +1,7 @@
 """Time served inference, torch eager vs onnxruntime, for each model and universe size.
 
     python bench/inference.py [--models slp,dmn,tft,quantnet] [--assets 20,3103]
-        [--repeat 50] [--repeat-large 5] [--seq-len 63] [--threads N]
+        [--repeat 50] [--repeat-large 5] [--rounds 5] [--seq-len 63] [--threads N]
         [--device cpu|cuda] [--max-params 50000000] [--out FILE]
 
 At the served shape (batch 1: one date, all assets) each registry model is
@@ -15,11 +15,14 @@ numpy out, every output of the graph):
 * onnxruntime: an ``InferenceSession`` of the exported file.
 
 Each side gets ``--warmup`` untimed runs, then ``--repeat`` timed runs
-(``--repeat-large`` from `LARGE_ASSETS` assets up); the table reports the median
-latency in ms and the ratio torch / onnxruntime ("speed-up"). Torch is timed
-first and the onnxruntime session created only after it, because onnxruntime's
-idle workers spin for a while after each run and would take torch's cores. The
-export checks parity at ``--parity-batches`` (default 1 only, to keep the large
+(``--repeat-large`` from `LARGE_ASSETS` assets up) split into ``--rounds``
+blocks that alternate torch, onnxruntime, torch, ... so that a shared machine
+slowing down or speeding up mid-measurement hits both sides alike. Each block is
+followed by a `PAUSE_S` pause: both runtimes' idle workers spin for a while
+after a run and would otherwise take the other side's cores. The table reports
+the median latency in ms over all timed runs and the ratio torch / onnxruntime
+("speed-up"); the progress line adds the lowest and highest per-round ratio, a
+direct view of the machine's noise. The export checks parity at ``--parity-batches`` (default 1 only, to keep the large
 exports cheap; "none" skips it); the progress line prints that value and the
 difference of the two runtimes on the timed input. "onnx MB" is 10^6 bytes.
 
@@ -57,7 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,7 @@ DEFAULT_ASSETS = "20,3103"
 N_FEATURES = 8  # the DESIGN.md default feature set
 LARGE_ASSETS = 1000  # from this many assets on, --repeat-large applies
 MARKET_SIZE = 50  # QuantNet market size for synthetic universes
+PAUSE_S = 0.2  # after each timed block: lets both runtimes' spinning workers go idle
 
 COLUMNS = (
     "model",
@@ -101,6 +105,7 @@ class Row:
     parity_batch1: float | None = None
     max_abs_diff: float | None = None
     repeats: int = 0
+    round_speed_ups: list[float] = field(default_factory=list)
     torch_ms: float | None = None
     onnxruntime_ms: float | None = None
     status: str = "ok"
@@ -172,16 +177,58 @@ def count_parameters(name: str, universe: Universe) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def median_ms(call: Callable[[], object], warmup: int, repeat: int) -> float:
-    """Median wall time of `call` in ms over `repeat` runs after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
+def times_ms(call: Callable[[], object], repeat: int) -> list[float]:
+    """Wall time of each of `repeat` calls of `call`, in ms."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         call()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Medians of two interleaved timings and the spread of their per-round ratio."""
+
+    first_ms: float
+    second_ms: float
+    round_ratios: tuple[float, ...]
+
+
+def interleaved(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    *,
+    warmup: int,
+    repeat: int,
+    rounds: int,
+    pause: float = 0.0,
+) -> Timing:
+    """Time `first` and `second` in alternating blocks, `repeat` timed runs each in all.
+
+    `rounds` blocks per side (fewer when `repeat` is smaller), each of about
+    ``repeat / rounds`` runs, ``first`` then ``second``, with `pause` seconds
+    after every block; `warmup` untimed runs of each before the first block.
+    """
+    for _ in range(warmup):
+        first()
+    for _ in range(warmup):
+        second()
+    rounds = max(1, min(rounds, repeat))
+    sizes = [len(b) for b in np.array_split(np.arange(repeat), rounds)]
+    all_first: list[float] = []
+    all_second: list[float] = []
+    ratios = []
+    for size in sizes:
+        block_first = times_ms(first, size)
+        time.sleep(pause)
+        block_second = times_ms(second, size)
+        time.sleep(pause)
+        ratios.append(statistics.median(block_first) / statistics.median(block_second))
+        all_first += block_first
+        all_second += block_second
+    return Timing(statistics.median(all_first), statistics.median(all_second), tuple(ratios))
 
 
 def ort_session(path: Path, threads: int, device: str):  # -> onnxruntime.InferenceSession
@@ -246,17 +293,22 @@ def measure(name: str, n_assets: int, args: argparse.Namespace) -> Row:
                 return [o.cpu().numpy() for o in out]  # .cpu() also waits for the GPU
 
             row.repeats = args.repeat_large if n_assets >= LARGE_ASSETS else args.repeat
-            # torch first, and onnxruntime's session only afterwards: its idle worker
-            # threads spin for a while after each run and would steal torch's cores
-            row.torch_ms = median_ms(run_torch, args.warmup, row.repeats)
-            expected = run_torch()[0]
             session = ort_session(graph.path, args.threads, args.device)
 
             def run_ort() -> list[np.ndarray]:
                 return session.run(None, {INPUT_NAME: x})
 
-            row.onnxruntime_ms = median_ms(run_ort, args.warmup, row.repeats)
-            row.max_abs_diff = float(np.abs(run_ort()[0] - expected).max())
+            timing = interleaved(
+                run_torch,
+                run_ort,
+                warmup=args.warmup,
+                repeat=row.repeats,
+                rounds=args.rounds,
+                pause=PAUSE_S,
+            )
+            row.torch_ms, row.onnxruntime_ms = timing.first_ms, timing.second_ms
+            row.round_speed_ups = list(timing.round_ratios)
+            row.max_abs_diff = float(np.abs(run_ort()[0] - run_torch()[0]).max())
     except Exception as error:  # a benchmark reports a broken row and carries on
         row.status = f"failed: {type(error).__name__}: {error}".replace("|", "/").splitlines()[0]
     finally:
@@ -273,7 +325,9 @@ def progress_line(row: Row) -> str:
         f"{head}: {row.params:,} params, onnx {row.onnx_mb:.2f} MB, export {row.export_s:.1f} s, "
         f"export parity (batch 1) {parity}, max |torch - onnxruntime| here "
         f"{row.max_abs_diff:.2e}; median of {row.repeats}: torch eager {row.torch_ms:.4g} ms, "
-        f"onnxruntime {row.onnxruntime_ms:.4g} ms, speed-up {row.speed_up:.2f}x"
+        f"onnxruntime {row.onnxruntime_ms:.4g} ms, speed-up {row.speed_up:.2f}x "
+        f"({len(row.round_speed_ups)} rounds: {min(row.round_speed_ups):.2f}x to "
+        f"{max(row.round_speed_ups):.2f}x)"
     )
 
 
@@ -303,6 +357,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "repeat": args.repeat,
         "repeat_large": args.repeat_large,
+        "rounds": args.rounds,
         "large_from_assets": LARGE_ASSETS,
     }
     if args.device == "cuda":
@@ -317,7 +372,8 @@ def header_line(info: dict[str, Any]) -> str:
         f"{info['python']}; device {info['device']}{gpu}; threads {info['threads']} "
         f"(torch.set_num_threads = onnxruntime intra_op_num_threads); {info['cpus']} cpus "
         f"({info['cpu']}); warm-up {info['warmup']}, median of {info['repeat']} runs "
-        f"({info['repeat_large']} from {info['large_from_assets']:,} assets); batch 1, "
+        f"({info['repeat_large']} from {info['large_from_assets']:,} assets) in "
+        f"{info['rounds']} alternating rounds; batch 1, "
         f"{N_FEATURES} features, seed {info['seed']}; {info['date']}"
     )
 
@@ -371,6 +427,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"timed runs from {LARGE_ASSETS} assets on",
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=5,
+        help="alternating torch / onnxruntime blocks the timed runs are split into",
+    )
     parser.add_argument(
         "--seq-len", type=_positive_int, default=63, help="lookback of dmn, tft, quantnet"
     )

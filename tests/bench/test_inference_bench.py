@@ -150,3 +150,24 @@ def test_bad_arguments_name_what_is_wrong(bench, capsys, argv, message):
         bench.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_timed_runs_alternate_between_the_runtimes_in_rounds(bench):
+    calls = []
+    timing = bench.interleaved(
+        lambda: calls.append("torch"),
+        lambda: calls.append("ort"),
+        warmup=1,
+        repeat=7,
+        rounds=3,
+    )
+    # one warm-up of each, then blocks of 3, 2 and 2 timed runs, torch first in each round
+    expected = ["torch", "ort"]
+    for size in (3, 2, 2):
+        expected += ["torch"] * size + ["ort"] * size
+    assert calls == expected
+    assert len(timing.round_ratios) == 3
+    assert timing.first_ms > 0 and timing.second_ms > 0
+    # never more rounds than timed runs
+    few = bench.interleaved(lambda: None, lambda: None, warmup=0, repeat=2, rounds=5)
+    assert len(few.round_ratios) == 2
