@@ -231,13 +231,19 @@ def interleaved(
     return Timing(statistics.median(all_first), statistics.median(all_second), tuple(ratios))
 
 
-def ort_session(path: Path, threads: int, device: str):  # -> onnxruntime.InferenceSession
-    """`training.export.onnx_session` with an intra-op thread count, or on CUDA."""
+def ort_session(
+    path: Path, threads: int, device: str, *, profile_prefix: str | None = None
+):  # -> onnxruntime.InferenceSession
+    """`training.export.onnx_session` with an intra-op thread count, or on CUDA; with
+    `profile_prefix`, onnxruntime's profiler writes its trace there (bench/op_profile.py)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     providers: list[Any] = ["CPUExecutionProvider"]
     if device == "cuda":
         providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]

@@ -171,3 +171,22 @@ def test_timed_runs_alternate_between_the_runtimes_in_rounds(bench):
     # never more rounds than timed runs
     few = bench.interleaved(lambda: None, lambda: None, warmup=0, repeat=2, rounds=5)
     assert len(few.round_ratios) == 2
+
+
+def test_op_profile_splits_each_runtime_by_operator(monkeypatch, capsys):
+    """bench/op_profile.py: a torch table and an onnxruntime table, per profiled run."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports its neighbour inference.py
+    spec = importlib.util.spec_from_file_location(
+        "bench_op_profile", SCRIPT.parent / "op_profile.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["dmn", "--assets", "3", "--seq-len", "5", "--repeat", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("inputs: dmn @ 3 assets, lookback 5, 8 features, batch 1; 4 profiled")
+    torch_part, ort_part = out.split("onnxruntime kernels:")
+    assert "| aten::lstm | " in torch_part
+    # one fused LSTM node per run: the warm-up runs are not counted
+    lstm = next(line for line in ort_part.splitlines() if line.startswith("| LSTM |"))
+    assert lstm.split("|")[3].strip() == "1"
+    assert "slowest 8 nodes" in ort_part
