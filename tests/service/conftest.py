@@ -7,6 +7,8 @@ its own, dropped at teardown, so tests are independent and may run in parallel.
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from service import store
 from service.config import ENV_PREFIX
@@ -149,3 +155,39 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "signals": signals.pivot(index="date", columns="ticker", values="signal"),
         "vol": signals.pivot(index="date", columns="ticker", values="vol"),
     }
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed CA certificate for localhost / 127.0.0.1, valid from yesterday to
+    tomorrow, and its key: PEM files ``server.crt`` and ``server.key`` in `tmp_path`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path

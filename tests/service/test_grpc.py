@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import ipaddress
 import json
 import shutil
 import threading
@@ -20,10 +19,6 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -603,44 +598,9 @@ def test_a_second_server_on_a_port_in_use_fails_to_start(connect):
 # --------------------------------------------------------------------------------------------
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path, bytes]:
-    """A certificate for 127.0.0.1 / localhost and its key, valid from yesterday to tomorrow."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path, key_path = folder / "server.crt", folder / "server.key"
-    cert_path.write_bytes(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, cert_pem
-
-
-def test_tls_with_a_self_signed_certificate_and_a_plaintext_client_is_refused(connect, tmp_path):
-    cert, key, cert_pem = _self_signed(tmp_path)
-    trusted = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+def test_tls_with_a_self_signed_certificate_and_a_plaintext_client_is_refused(connect, self_signed):
+    cert, key = self_signed
+    trusted = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     # the standard client credentials send `authorization: Bearer <token>` over TLS
     with_token = grpc.composite_channel_credentials(
         trusted, grpc.access_token_call_credentials(TOKEN)

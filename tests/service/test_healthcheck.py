@@ -6,22 +6,15 @@ signal service: the probe only speaks ``grpc.health.v1``, and the statuses are s
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.healthcheck import check, main
@@ -75,40 +68,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A self-signed CA certificate for localhost / 127.0.0.1 and its key (PEM files)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "server.crt", folder / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,8 +208,8 @@ def test_check_rejects_bad_arguments():
 # --------------------------------------------------------------------------------------------
 
 
-def test_tls_follows_momentum_tls_cert(make_server, tmp_path, capsys):
-    cert, key = _self_signed(tmp_path)
+def test_tls_follows_momentum_tls_cert(make_server, self_signed, capsys):
+    cert, key = self_signed
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     server = make_server(credentials)
     server.set("", SERVING)
@@ -267,8 +226,8 @@ def test_tls_follows_momentum_tls_cert(make_server, tmp_path, capsys):
     assert ": UNAVAILABLE" in capsys.readouterr().out
 
 
-def test_tls_server_name_override(make_server, tmp_path):
-    cert, key = _self_signed(tmp_path)
+def test_tls_server_name_override(make_server, self_signed):
+    cert, key = self_signed
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     server = make_server(credentials)
     server.set("", SERVING)
