@@ -44,7 +44,7 @@ from momentum.portfolio import captured_returns, strategy_returns
 from training.datasets import ModelData
 from training.explain import slp_attribution_summary, tft_summary
 from training.models import Universe, get_spec
-from training.search import load_trial_model, run_search
+from training.search import SearchResult, load_trial_model, run_search
 from training.splits import ExpandingWindow, Window
 from training.train import TrainConfig, layout_for, split_hyperparameters
 
@@ -218,15 +218,22 @@ def _window_sharpe(features: Features, rows: np.ndarray, signal: np.ndarray) -> 
     )
 
 
-def _run_window(
+def search_split(
     config: BacktestConfig,
     data: ModelData,
     universe: Universe,
-    window: Window,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray,
+    *,
     seed: int,
-    directory: Path,
+    directory: str | Path,
     log: Callable[[str], None],
-) -> pd.DataFrame:
+) -> tuple[SearchResult, TrainConfig]:
+    """`config`'s random search on one train / validation split, resuming in `directory`.
+
+    Returns the search result and the training config every trial started from
+    (the protocol's budget, the turnover cost, the sequence length, `seed`).
+    """
     budget = config.budget
     base = TrainConfig(
         max_epochs=budget.max_epochs,
@@ -235,7 +242,6 @@ def _run_window(
         seq_len=config.seq_len,
         seed=seed,
     )
-    features = data.features
 
     def on_trial(record: dict[str, Any]) -> None:
         log(
@@ -247,8 +253,8 @@ def _run_window(
         config.model,
         data,
         universe,
-        window.train,
-        window.valid,
+        train_rows,
+        valid_rows,
         directory=directory,
         n_trials=budget.trials,
         base=base,
@@ -258,6 +264,22 @@ def _run_window(
         executor=config.executor,
         ray_address=config.ray_address,
         progress=on_trial,
+    )
+    return result, base
+
+
+def _run_window(
+    config: BacktestConfig,
+    data: ModelData,
+    universe: Universe,
+    window: Window,
+    seed: int,
+    directory: Path,
+    log: Callable[[str], None],
+) -> pd.DataFrame:
+    features = data.features
+    result, base = search_split(
+        config, data, universe, window.train, window.valid, seed=seed, directory=directory, log=log
     )
     model, model_config = load_trial_model(directory, result.best_trial)
     spec = get_spec(config.model)

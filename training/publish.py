@@ -40,13 +40,13 @@ from momentum.manifest import (
 from momentum.metrics import max_drawdown, sharpe_ratio
 from momentum.portfolio import portfolio_returns, strategy_returns, target_weights, turnover
 from momentum.registry import ModelVersion, publish, version_id
-from training.backtest import BacktestConfig, universe_for
+from training.backtest import BacktestConfig, search_split, universe_for
 from training.datasets import ModelData
 from training.export import ExportedGraph, export_onnx, onnx_session
 from training.models import Universe, get_spec
-from training.search import load_trial_model, run_search
+from training.search import load_trial_model
 from training.splits import final_split
-from training.train import TrainConfig, split_hyperparameters
+from training.train import split_hyperparameters
 
 __all__ = ["export_production", "export_window", "lookback_of", "window_directory"]
 
@@ -294,33 +294,12 @@ def export_production(
     data = ModelData.from_features(features)
     universe = universe_for(config, features)
     train, valid = final_split(features.dates, start_year=config.start_year)
-    budget = config.budget
-    base = TrainConfig(
-        max_epochs=budget.max_epochs,
-        patience=budget.patience,
-        cost_bps=config.turnover_cost_bps,
-        seq_len=config.seq_len,
-        seed=seed,
-    )
     log(
         f"training {config.model} on {config.data} up to {features.dates[-1]:%Y-%m-%d}: "
-        f"{len(train)} train / {len(valid)} valid rows, {budget.trials} trials"
+        f"{len(train)} train / {len(valid)} valid rows, {config.budget.trials} trials"
     )
-    result = run_search(
-        config.model,
-        data,
-        universe,
-        train,
-        valid,
-        directory=out,
-        n_trials=budget.trials,
-        base=base,
-        workers=config.workers,
-        seed=seed,
-        fixed=config.fixed,
-        progress=lambda r: log(
-            f"  trial {r['complete']}/{r['of']}: valid Sharpe {r['value']:.3f} (best {r['best']:.3f})"
-        ),
+    result, _ = search_split(
+        config, data, universe, train, valid, seed=seed, directory=out, log=log
     )
     model, model_config = load_trial_model(out, result.best_trial)
     hyper = {**config.fixed, **result.best_params}
