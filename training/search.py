@@ -48,6 +48,7 @@ guard.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -60,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
@@ -75,8 +75,6 @@ STUDY_FILE = "study.db"
 TRIALS_DIR = "trials"
 # SQLite busy timeout (seconds) while another worker holds the write lock
 _SQLITE_TIMEOUT = 60
-# attempts to open a study file whose schema another process is creating
-_SCHEMA_RETRIES = 5
 # how often the main process polls the study for progress while workers run
 _POLL_SECONDS = 0.5
 
@@ -190,22 +188,37 @@ class _Budget:
 def _storage(directory: Path) -> optuna.storages.RDBStorage:
     """The study's SQLite storage, safe to open from several processes at once.
 
-    Optuna creates the schema and stamps its version on first open; two
-    processes opening a new file together race on that stamp
-    (``UNIQUE constraint failed: alembic_version``). The loser retries and
-    then finds the schema in place.
+    Optuna creates its schema on first open, table by table. Two processes
+    opening a new file together race on it (``table trials already exists``,
+    ``UNIQUE constraint failed: alembic_version``), and a reader can see a
+    half-made schema. So the schema is built in a private file and hard-linked
+    into place: ``os.link`` fails if the name exists, so exactly one process
+    publishes a complete schema and nobody ever opens a partial one.
     """
-    url = f"sqlite:///{(directory / STUDY_FILE).resolve()}"
-    for attempt in range(_SCHEMA_RETRIES):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT}}
-            )
-        except sqlalchemy.exc.IntegrityError:
-            if attempt == _SCHEMA_RETRIES - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    path = (directory / STUDY_FILE).resolve()
+    if not path.exists():
+        _publish_schema(path)
+    return optuna.storages.RDBStorage(
+        _sqlite_url(path), engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT}}
+    )
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _publish_schema(path: Path) -> None:
+    """Create an empty Optuna schema at `path` unless another process got there first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    private.unlink(missing_ok=True)  # a leftover from a killed process with this pid
+    try:
+        optuna.storages.RDBStorage(_sqlite_url(private)).engine.dispose()
+        # another process published first if the name exists; its schema is the same
+        with contextlib.suppress(FileExistsError):
+            os.link(private, path)
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def _sampler_seed(seed: int, worker: int, n_existing: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -312,6 +313,42 @@ def test_load_trial_model_names_the_missing_file(tmp_path: Path) -> None:
 
 # The interrupted run: 2 spawned workers, trials slow enough (patience never
 # triggers) that the first COMPLETE trial is seen well before the third.
+def _open_study_storage(directory: str, barrier: Any) -> str | None:
+    barrier.wait()  # every process opens the new file at the same moment
+    try:
+        storage = search._storage(Path(directory))
+        storage.get_all_studies()  # every table must be there, not just the file
+    except Exception as exc:  # reported to the test, which names it
+        return repr(exc)
+    return None
+
+
+def test_processes_opening_a_new_study_file_together_all_get_a_complete_schema(
+    tmp_path: Path,
+) -> None:
+    # Optuna builds its schema table by table; before the schema was published
+    # atomically, about one round in four failed here with "table ... already exists".
+    ctx = multiprocessing.get_context("spawn")
+    n = 4
+    with ctx.Manager() as manager, ctx.Pool(n) as pool:
+        for round_ in range(6):
+            directory = tmp_path / str(round_)
+            barrier = manager.Barrier(n)
+            errors = pool.starmap(_open_study_storage, [(str(directory), barrier)] * n)
+            assert errors == [None] * n, f"round {round_}: {errors}"
+            assert [p.name for p in directory.iterdir()] == ["study.db"]  # no private file left
+
+
+def test_a_late_schema_publisher_leaves_the_existing_study_alone(tmp_path: Path) -> None:
+    # the loser of the race: the file appeared after its existence check
+    study = optuna.create_study(study_name="kept", storage=search._storage(tmp_path))
+    study.enqueue_trial({"x": 1})
+    search._publish_schema((tmp_path / search.STUDY_FILE).resolve())
+    assert [p.name for p in tmp_path.iterdir()] == ["study.db"]
+    kept = _study(tmp_path, "kept")
+    assert [t.state for t in kept.trials] == [TrialState.WAITING]
+
+
 SEARCH_CODE = textwrap.dedent(
     """
     import sys
