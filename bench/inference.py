@@ -72,6 +72,7 @@ from momentum.contract import INPUT_NAME
 from momentum.data import sectors
 from training.export import export_onnx, serving_module
 from training.models import REGISTRY, Universe, build, get_spec
+from training.publish import lookback_of
 
 DEFAULT_MODELS = "slp,dmn,tft,quantnet"
 DEFAULT_ASSETS = "20,3103"
@@ -170,6 +171,17 @@ def universe_for(name: str, n_assets: int) -> Universe:
     return Universe(tickers, N_FEATURES, tuple(tuple(int(i) for i in b) for b in blocks))
 
 
+def served_lookback(name: str, universe: Universe, seq_len: int) -> int:
+    """The served window: spatio-temporal models fix their own, sequence models take `seq_len`."""
+    return lookback_of(name, get_spec(name).config(universe), {}, seq_len)
+
+
+def served_input(n_assets: int, lookback: int, seed: int) -> np.ndarray:
+    """One seeded standard-normal contract batch, ``(1, n_assets, lookback, N_FEATURES)``."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((1, n_assets, lookback, N_FEATURES), dtype=np.float32)
+
+
 def count_parameters(name: str, universe: Universe) -> int:
     """Parameters of model `name` on `universe`, built on the meta device (no memory, no init)."""
     with torch.device("meta"):
@@ -256,11 +268,8 @@ def ort_session(
 
 def measure(name: str, n_assets: int, args: argparse.Namespace) -> Row:
     """Build, export and time model `name` on `n_assets` assets; never raises."""
-    spec = get_spec(name)
     universe = universe_for(name, n_assets)
-    lookback = args.seq_len
-    if "lookback" in spec.config_fields:  # spatio-temporal models fix their own window
-        lookback = spec.config(universe).lookback
+    lookback = served_lookback(name, universe, args.seq_len)
     row = Row(name, n_assets, lookback)
     try:
         row.params = count_parameters(name, universe)
@@ -289,8 +298,7 @@ def measure(name: str, n_assets: int, args: argparse.Namespace) -> Row:
 
             device = torch.device(args.device)
             wrapper = serving_module(name, model, n_assets).eval().to(device)
-            rng = np.random.default_rng(args.seed)
-            x = rng.standard_normal((1, n_assets, lookback, N_FEATURES), dtype=np.float32)
+            x = served_input(n_assets, lookback, args.seed)
 
             def run_torch() -> list[np.ndarray]:
                 with torch.no_grad():

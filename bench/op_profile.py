@@ -28,13 +28,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from inference import N_FEATURES, ort_session, universe_for  # bench/ is on sys.path
+from inference import (  # bench/ is on sys.path
+    N_FEATURES,
+    ort_session,
+    served_input,
+    served_lookback,
+    universe_for,
+)
 
 from momentum.contract import INPUT_NAME
 from training.export import export_onnx, serving_module
-from training.models import REGISTRY, build, get_spec
+from training.models import REGISTRY, build
 
 WARMUP = 3  # unprofiled runs before the profiled ones, on each side
 
@@ -85,16 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     universe = universe_for(args.model, args.assets)
-    lookback = args.seq_len
-    spec = get_spec(args.model)
-    if "lookback" in spec.config_fields:
-        lookback = spec.config(universe).lookback
+    lookback = served_lookback(args.model, universe, args.seq_len)
     torch.manual_seed(args.seed)
     _, model = build(args.model, universe)
     model.eval()
-    x = np.random.default_rng(args.seed).standard_normal(
-        (1, args.assets, lookback, N_FEATURES), dtype=np.float32
-    )
+    x = served_input(args.assets, lookback, args.seed)
     print(
         f"inputs: {args.model} @ {args.assets} assets, lookback {lookback}, {N_FEATURES} "
         f"features, batch 1; {args.repeat} profiled runs each; threads {args.threads}; "
