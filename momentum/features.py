@@ -24,7 +24,10 @@ code), all computed on *winsorised* closes p:
 
 EWMs are pandas' adjusted ones (``adjust=True``), as in the reference code, so
 they have infinite memory: a feature at t depends on every close since the
-asset's first one. Serving must therefore compute on the full stored history.
+asset's first one. Serving therefore either computes on the full stored history
+or carries every recursion's state from session to session
+(`momentum.feature_state.FeatureState`); both run the compiled steps of
+`momentum.feature_kernel`, so they agree bit for bit.
 
 Warm-up (sessions of history after an asset's first close before a value
 exists, default config; see `warmup`): vol 60; norm_ret_k max(60, k);
@@ -34,12 +37,12 @@ macd_* 313 (63-day price std, then 252 values of q); target 60.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-import numba
 import numpy as np
 import pandas as pd
 
-from momentum import timeseries as ts
+from momentum import feature_kernel
 from momentum.metrics import TRADING_DAYS
 from momentum.portfolio import VOL_TARGET
 
@@ -126,6 +129,23 @@ class FeatureConfig:
                 f"`alpha_beta_window` ({self.alpha_beta_window}) must be one of "
                 f"`beta_windows` {self.beta_windows}"
             )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, tuples as lists (JSON-ready); `from_dict` inverts it."""
+
+        def lists(value: Any) -> Any:
+            return [lists(v) for v in value] if isinstance(value, tuple) else value
+
+        return {k: lists(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> FeatureConfig:
+        """The config recorded by `as_dict` (JSON lists back to tuples)."""
+
+        def tuples(value: Any) -> Any:
+            return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{k: tuples(v) for k, v in fields.items()})
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -269,124 +289,6 @@ def next_day_target(
     return next_day_returns(returns) * vol_target / (vol * np.sqrt(TRADING_DAYS))
 
 
-@numba.njit(parallel=True, cache=True)
-def _base_kernel(
-    closes: np.ndarray,
-    horizons: np.ndarray,
-    macd_decays: np.ndarray,
-    winsor_decay: float,
-    winsor_sigmas: float,
-    vol_decay: float,
-    vol_min_periods: int,
-    price_window: int,
-    signal_window: int,
-    values: np.ndarray,
-    returns: np.ndarray,
-    vol: np.ndarray,
-    winsorised: np.ndarray,
-) -> None:  # pragma: no cover
-    """The base features of every asset, one asset per iteration (module docstring)."""
-    t_len, n = closes.shape
-    n_h = horizons.size
-    keep_prices = winsorised.shape[0] == t_len
-    for j in numba.prange(n):
-        raw = np.ascontiguousarray(closes[:, j])
-        # winsorise: clip to the EWM mean +- k EWM std of raw closes
-        mean, std = np.empty(t_len), np.empty(t_len)
-        ts.ewm_mean_std_1d(raw, winsor_decay, 0, mean, std)
-        p = np.empty(t_len)
-        for t in range(t_len):
-            band = winsor_sigmas * std[t]
-            if raw[t] != raw[t] or band != band:
-                p[t] = raw[t]  # NaN stays NaN; the first close has no band yet
-            else:
-                p[t] = min(max(raw[t], mean[t] - band), mean[t] + band)
-        # daily returns and their EWM vol
-        r = np.empty(t_len)
-        r[0] = np.nan
-        for t in range(1, t_len):
-            r[t] = p[t] / p[t - 1] - 1.0
-        v = np.empty(t_len)
-        ts.ewm_mean_std_1d(r, vol_decay, vol_min_periods, mean, v)
-        for t in range(t_len):
-            # zero vol (a frozen price) is no risk estimate; an EWM carries its
-            # last value past the asset's end
-            if raw[t] != raw[t] or not v[t] > 0.0:
-                v[t] = np.nan
-            returns[t, j] = r[t]
-            vol[t, j] = v[t]
-            if keep_prices:
-                winsorised[t, j] = p[t]
-        # vol-normalised returns over k sessions
-        for h in range(n_h):
-            k = horizons[h]
-            scale = np.sqrt(k)
-            for t in range(t_len):
-                values[t, j, h] = (p[t] / p[t - k] - 1.0) / (v[t] * scale) if t >= k else np.nan
-        # MACD: (fast - slow EWMA) / 63-day price std, then / its own 252-day std
-        price_std, q, q_std = np.empty(t_len), np.empty(t_len), np.empty(t_len)
-        ts.rolling_std_1d(p, price_window, price_std)
-        fast, slow = mean, std  # reuse the buffers
-        for pair in range(macd_decays.shape[0]):
-            ts.ewm_mean_1d(p, macd_decays[pair, 0], fast)
-            ts.ewm_mean_1d(p, macd_decays[pair, 1], slow)
-            for t in range(t_len):
-                q[t] = (fast[t] - slow[t]) / price_std[t] if price_std[t] > 0.0 else np.nan
-            ts.rolling_std_1d(q, signal_window, q_std)
-            for t in range(t_len):
-                values[t, j, n_h + pair] = q[t] / q_std[t] if q_std[t] > 0.0 else np.nan
-
-
-def _extended(
-    prices: np.ndarray,
-    returns: np.ndarray,
-    vol: np.ndarray,
-    market_ret: np.ndarray,
-    config: FeatureConfig,
-) -> list[np.ndarray]:
-    """Boutier (2023) cross-sectional equity features, in `FeatureConfig.names` order.
-
-    Rolling sums come from pandas (Kahan-compensated), so the moment formulas
-    below lose nothing to cancellation at these magnitudes.
-    """
-    frame = pd.DataFrame(returns)
-    market = pd.Series(market_ret)
-    out: list[np.ndarray] = []
-    for w in config.realised_vol_windows:
-        out.append(ts.rolling_std(returns, w) * np.sqrt(TRADING_DAYS))
-    betas = {}
-    for w in config.beta_windows:
-        # beta = cov(r, m) / var(m) over the window (sample moments; ddof cancels)
-        sum_r, sum_m = frame.rolling(w).sum(), market.rolling(w).sum()
-        sum_rm = frame.mul(market, axis=0).rolling(w).sum()
-        cov = sum_rm - sum_r.mul(sum_m, axis=0) / w
-        var = (market * market).rolling(w).sum() - sum_m * sum_m / w
-        betas[w] = cov.div(var, axis=0).to_numpy()
-    out.extend(betas.values())
-    # CTI (Ehlers' correlation trend indicator): the slope of log price on time,
-    # standardised, i.e. their correlation over the window; in [-1, 1].
-    log_p = pd.DataFrame(np.log(prices))
-    log_p = log_p - log_p.bfill().iloc[0]  # centre each asset on its first level
-    clock = pd.Series(np.arange(len(prices), dtype=np.float64))
-    for w in config.cti_windows:
-        sum_y, sum_y2 = log_p.rolling(w).sum(), (log_p * log_p).rolling(w).sum()
-        sum_yt = log_p.mul(clock, axis=0).rolling(w).sum()
-        cov = sum_yt - sum_y.mul(clock.rolling(w).sum(), axis=0) / w
-        var_t = w * (w * w - 1) / 12.0  # sum of squared deviations of 0..w-1
-        var_y = sum_y2 - sum_y * sum_y / w
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(cov.to_numpy() / np.sqrt(var_y.to_numpy() * var_t))
-    # Alpha returns: the part of the k-day return not explained by the index,
-    # with the beta known at t, in vol-normalised units like norm_ret_k.
-    beta = betas[config.alpha_beta_window]
-    for w in config.alpha_windows:
-        residual = (
-            frame.rolling(w).sum().to_numpy() - beta * market.rolling(w).sum().to_numpy()[:, None]
-        )
-        out.append(residual / (vol * np.sqrt(w)))
-    return out
-
-
 def _market_returns(index: pd.Series, dates: pd.DatetimeIndex) -> np.ndarray:
     market = index.reindex(dates)
     if market.isna().any():
@@ -434,34 +336,9 @@ def compute_features(
             raise ValueError("`index` is required when `config.extended` is True")
         market_ret = _market_returns(index, pd.DatetimeIndex(prices.index))
 
-    closes = np.ascontiguousarray(prices.to_numpy(dtype=np.float64))
-    t_len, n = closes.shape
-    values = np.empty((t_len, n, len(config.names)))
-    returns = np.empty((t_len, n))
-    vol = np.empty((t_len, n))
-    winsorised = np.empty((t_len, n) if config.extended else (0, 0))
-    decays = [[ts.decay_from_halflife(ewm_halflife(m)) for m in pair] for pair in config.macd_pairs]
-    _base_kernel(
-        closes,
-        np.asarray(config.return_horizons, dtype=np.int64),
-        np.asarray(decays, dtype=np.float64).reshape(-1, 2),
-        ts.decay_from_halflife(config.winsor_halflife),
-        float(config.winsor_sigmas),
-        ts.decay_from_span(config.vol_span),
-        int(config.vol_min_periods),
-        int(config.macd_price_std_window),
-        int(config.macd_signal_std_window),
-        values,
-        returns,
-        vol,
-        winsorised,
-    )
-    if market_ret is not None:
-        n_base = len(config.return_horizons) + len(config.macd_pairs)
-        extra = _extended(winsorised, returns, vol, market_ret, config)
-        for j, column in enumerate(extra):
-            values[:, :, n_base + j] = column
-
+    closes = prices.to_numpy(dtype=np.float64)
+    state = feature_kernel.empty_state(config, closes.shape[1])
+    values, returns, vol = feature_kernel.advance(config, state, 0, closes, market_ret)
     return Features(
         values=values,
         names=config.names,

@@ -192,24 +192,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def feature_config(spec: FeatureSpec) -> FeatureConfig:
     """The `FeatureConfig` recorded in a manifest (JSON lists back to tuples)."""
-
-    def tuples(value: Any) -> Any:
-        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
     try:
-        return FeatureConfig(**{k: tuples(v) for k, v in spec.config.items()})
+        return FeatureConfig.from_dict(spec.config)
     except (TypeError, ValueError) as err:
         raise ManifestError(f"features.config is not a valid FeatureConfig: {err}") from None
 
 
 def feature_spec(config: FeatureConfig) -> FeatureSpec:
     """The manifest's record of `config` under this version of `momentum.features`."""
-
-    def lists(value: Any) -> Any:
-        return [lists(v) for v in value] if isinstance(value, tuple) else value
-
-    fields = {k: lists(v) for k, v in config.__dict__.items()}
-    return FeatureSpec(names=list(config.names), version=FEATURES_VERSION, config=fields)
+    return FeatureSpec(names=list(config.names), version=FEATURES_VERSION, config=config.as_dict())
 
 
 def check_manifest(

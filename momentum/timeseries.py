@@ -23,15 +23,27 @@ import numba
 import numpy as np
 
 __all__ = [
+    "COMOMENT_STATE",
+    "EWM_MEAN_STATE",
+    "EWM_MEAN_STD_STATE",
+    "ROLLING_STATE",
+    "comoment_step",
+    "comoment_sums",
     "decay_from_halflife",
     "decay_from_span",
     "ewm_mean",
     "ewm_mean_1d",
+    "ewm_mean_state",
+    "ewm_mean_std_state",
+    "ewm_mean_step",
+    "ewm_mean_std_step",
     "ewm_mean_std",
     "ewm_mean_std_1d",
     "ewm_std",
     "rolling_std",
+    "rolling_state",
     "rolling_std_1d",
+    "rolling_std_step",
 ]
 
 
@@ -56,24 +68,178 @@ def _as_panel(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-# One-series recursions. The panel kernels below run them over every column in
-# parallel, and `momentum.features` calls them inside its fused per-asset kernel,
-# so each recursion is written once.
+# One-series recursions, written once as *steps*: each takes its running state
+# (a small float64 array, updated in place) and one new observation, and returns
+# the output at that step. The one-series functions below loop a step over a
+# whole series; `momentum.feature_kernel` runs the same steps for every asset of a
+# panel, either over a full history or one session at a time from a stored
+# state, so the full-panel and the incremental paths do identical arithmetic.
+
+EWM_MEAN_STATE = 2  # mean, total weight
+EWM_MEAN_STD_STATE = 5  # mean, weighted variance, sum of weights, sum of squared weights, count
+ROLLING_STATE = 4  # anchor, sum of deviations, sum of squared deviations, run length
+COMOMENT_STATE = 8  # run length, anchor x, anchor y, sums of dx, dy, dx^2, dy^2, dx*dy
+
+
+def ewm_mean_state() -> np.ndarray:
+    """The state of `ewm_mean_step` before any observation."""
+    return np.array([np.nan, 0.0])
+
+
+def ewm_mean_std_state() -> np.ndarray:
+    """The state of `ewm_mean_std_step` before any observation."""
+    return np.array([np.nan, 0.0, 0.0, 0.0, 0.0])
+
+
+def rolling_state() -> np.ndarray:
+    """The state of `rolling_std_step` before any observation."""
+    return np.zeros(ROLLING_STATE)
+
+
+@numba.njit(cache=True)
+def ewm_mean_step(state: np.ndarray, value: float, decay: float) -> float:  # pragma: no cover
+    """One step of the adjusted EWM mean; NaN before the first value, carried over NaN."""
+    mean, weight = state[0], state[1] * decay
+    if value == value:
+        # mean form of the adjusted EWM: W_t = d W_{t-1} + 1,
+        # m_t = m_{t-1} + (x_t - m_{t-1}) / W_t; exact at the start
+        weight += 1.0
+        mean = value if weight == 1.0 else mean + (value - mean) / weight
+    state[0], state[1] = mean, weight
+    return mean
+
+
+@numba.njit(cache=True)
+def ewm_mean_std_step(
+    state: np.ndarray, value: float, decay: float, min_periods: int
+) -> tuple[float, float]:  # pragma: no cover
+    """One step of the adjusted EWM mean and bias-corrected EWM std."""
+    mean, var = state[0], state[1]
+    sum_w, sum_w2, count = state[2] * decay, state[3] * decay * decay, state[4]
+    if value == value:
+        count += 1.0
+        if count == 1.0:
+            mean = value
+        else:
+            # the new point enters with weight 1 against the decayed weight of
+            # the past (the online update pandas uses)
+            new_mean = (sum_w * mean + value) / (sum_w + 1.0)
+            shift = mean - new_mean
+            var = (sum_w * (var + shift * shift) + (value - new_mean) ** 2) / (sum_w + 1.0)
+            mean = new_mean
+        sum_w += 1.0
+        sum_w2 += 1.0
+    state[0], state[1], state[2], state[3], state[4] = mean, var, sum_w, sum_w2, count
+    denom = sum_w * sum_w - sum_w2
+    if count >= min_periods and count >= 2.0 and denom > 0.0:
+        # unbiased weighted variance: V * W^2 / (W^2 - sum w^2)
+        return mean, np.sqrt(max(var * sum_w * sum_w / denom, 0.0))
+    return mean, np.nan
+
+
+@numba.njit(cache=True)
+def rolling_std_step(
+    state: np.ndarray, ring: np.ndarray, t: int, window: int
+) -> float:  # pragma: no cover
+    """Sample std of the last ``window`` values at step ``t`` (NaN unless all observed).
+
+    ``ring`` holds the series: ``ring[u % ring.size]`` is its value at step u, for
+    at least the last ``window + 1`` steps, the one at ``t`` already written.
+    """
+    # sums of (x - anchor) over the window; re-anchored and recomputed exactly every
+    # `window` steps (at steps fixed by t, so a resumed state re-anchors where a full
+    # pass does) so rounding cannot pile up
+    size = ring.size
+    value = ring[t % size]
+    if value != value:
+        state[3] = 0.0
+        return np.nan
+    anchor, s1, s2, run = state[0], state[1], state[2], state[3] + 1.0
+    if run == 1.0 or (run >= window and (t - window + 1) % window == 0):
+        first = t - int(min(run, window)) + 1
+        anchor, s1, s2 = ring[first % size], 0.0, 0.0
+        for u in range(first, t + 1):
+            dev = ring[u % size] - anchor
+            s1 += dev
+            s2 += dev * dev
+    else:
+        dev = value - anchor
+        s1 += dev
+        s2 += dev * dev
+        if run > window:
+            old = ring[(t - window) % size] - anchor
+            s1 -= old
+            s2 -= old * old
+    state[0], state[1], state[2], state[3] = anchor, s1, s2, run
+    if run >= window:
+        return np.sqrt(max((s2 - s1 * s1 / window) / (window - 1), 0.0))
+    return np.nan
+
+
+@numba.njit(cache=True)
+def comoment_step(
+    state: np.ndarray, ring_x: np.ndarray, ring_y: np.ndarray, t: int, window: int
+) -> bool:  # pragma: no cover
+    """Window sums of two series at step ``t``; True when all ``window`` pairs are observed.
+
+    The state then holds, over the last ``window`` steps, the sums of
+    ``dx = x - anchor_x``, ``dy``, ``dx^2``, ``dy^2`` and ``dx * dy`` (see
+    `comoment_sums`). Rings as in `rolling_std_step`; a pair counts as observed
+    when both values are.
+    """
+    size = ring_x.size
+    x, y = ring_x[t % size], ring_y[t % size]
+    if x != x or y != y:
+        state[0] = 0.0
+        return False
+    run = state[0] + 1.0
+    ax, ay = state[1], state[2]
+    sx, sy, sxx, syy, sxy = state[3], state[4], state[5], state[6], state[7]
+    if run == 1.0 or (run >= window and (t - window + 1) % window == 0):
+        first = t - int(min(run, window)) + 1
+        ax, ay = ring_x[first % size], ring_y[first % size]
+        sx, sy, sxx, syy, sxy = 0.0, 0.0, 0.0, 0.0, 0.0
+        for u in range(first, t + 1):
+            dx, dy = ring_x[u % size] - ax, ring_y[u % size] - ay
+            sx, sy, sxx, syy, sxy = sx + dx, sy + dy, sxx + dx * dx, syy + dy * dy, sxy + dx * dy
+    else:
+        dx, dy = x - ax, y - ay
+        sx, sy, sxx, syy, sxy = sx + dx, sy + dy, sxx + dx * dx, syy + dy * dy, sxy + dx * dy
+        if run > window:
+            u = (t - window) % size
+            dx, dy = ring_x[u] - ax, ring_y[u] - ay
+            sx, sy, sxx, syy, sxy = sx - dx, sy - dy, sxx - dx * dx, syy - dy * dy, sxy - dx * dy
+    state[0], state[1], state[2] = run, ax, ay
+    state[3], state[4], state[5], state[6], state[7] = sx, sy, sxx, syy, sxy
+    return run >= window
+
+
+@numba.njit(cache=True)
+def comoment_sums(
+    state: np.ndarray, window: int
+) -> tuple[float, float, float, float, float]:  # pragma: no cover
+    """``(sum x, sum y, n var x, n var y, n cov xy)`` of a full window (`comoment_step`).
+
+    The last three are sums of squared (cross) deviations from the window means;
+    divide by ``window - 1`` for sample moments.
+    """
+    ax, ay, sx, sy = state[1], state[2], state[3], state[4]
+    sxx, syy, sxy = state[5], state[6], state[7]
+    return (
+        sx + window * ax,
+        sy + window * ay,
+        sxx - sx * sx / window,
+        syy - sy * sy / window,
+        sxy - sx * sy / window,
+    )
 
 
 @numba.njit(cache=True)
 def ewm_mean_1d(x: np.ndarray, decay: float, out: np.ndarray) -> None:  # pragma: no cover
     """Adjusted EWM mean of one series into ``out`` (NaN before the first value)."""
-    mean, weight = np.nan, 0.0
+    state = np.array([np.nan, 0.0])
     for t in range(x.size):
-        value = x[t]
-        weight *= decay
-        if value == value:
-            # mean form of the adjusted EWM: W_t = d W_{t-1} + 1,
-            # m_t = m_{t-1} + (x_t - m_{t-1}) / W_t; exact at the start
-            weight += 1.0
-            mean = value if weight == 1.0 else mean + (value - mean) / weight
-        out[t] = mean
+        out[t] = ewm_mean_step(state, x[t], decay)
 
 
 @numba.njit(cache=True)
@@ -81,65 +247,17 @@ def ewm_mean_std_1d(
     x: np.ndarray, decay: float, min_periods: int, mean_out: np.ndarray, std_out: np.ndarray
 ) -> None:  # pragma: no cover
     """Adjusted EWM mean and bias-corrected EWM std of one series."""
-    mean, var = np.nan, 0.0
-    sum_w, sum_w2, count = 0.0, 0.0, 0
+    state = np.array([np.nan, 0.0, 0.0, 0.0, 0.0])
     for t in range(x.size):
-        value = x[t]
-        sum_w *= decay
-        sum_w2 *= decay * decay
-        if value == value:
-            count += 1
-            if count == 1:
-                mean = value
-            else:
-                # the new point enters with weight 1 against the decayed
-                # weight of the past (the online update pandas uses)
-                new_mean = (sum_w * mean + value) / (sum_w + 1.0)
-                shift = mean - new_mean
-                var = (sum_w * (var + shift * shift) + (value - new_mean) ** 2) / (sum_w + 1.0)
-                mean = new_mean
-            sum_w += 1.0
-            sum_w2 += 1.0
-        mean_out[t] = mean
-        denom = sum_w * sum_w - sum_w2
-        if count >= min_periods and count >= 2 and denom > 0.0:
-            # unbiased weighted variance: V * W^2 / (W^2 - sum w^2)
-            std_out[t] = np.sqrt(max(var * sum_w * sum_w / denom, 0.0))
-        else:
-            std_out[t] = np.nan
+        mean_out[t], std_out[t] = ewm_mean_std_step(state, x[t], decay, min_periods)
 
 
 @numba.njit(cache=True)
 def rolling_std_1d(x: np.ndarray, window: int, out: np.ndarray) -> None:  # pragma: no cover
     """Sample std over the last ``window`` values of one series (NaN unless all observed)."""
-    # sums of (x - anchor) over the window; re-anchored and recomputed exactly
-    # every `window` rows so rounding cannot pile up
-    anchor, s1, s2 = 0.0, 0.0, 0.0
-    run = 0  # consecutive observed rows ending at t
+    state = np.zeros(4)
     for t in range(x.size):
-        value = x[t]
-        out[t] = np.nan
-        if value != value:
-            run = 0
-            continue
-        run += 1
-        if run == 1 or (run >= window and (t - window + 1) % window == 0):
-            first = t - min(run, window) + 1
-            anchor, s1, s2 = x[first], 0.0, 0.0
-            for u in range(first, t + 1):
-                dev = x[u] - anchor
-                s1 += dev
-                s2 += dev * dev
-        else:
-            dev = value - anchor
-            s1 += dev
-            s2 += dev * dev
-            if run > window:
-                old = x[t - window] - anchor
-                s1 -= old
-                s2 -= old * old
-        if run >= window:
-            out[t] = np.sqrt(max((s2 - s1 * s1 / window) / (window - 1), 0.0))
+        out[t] = rolling_std_step(state, x, t, window)  # the series is its own ring
 
 
 @numba.njit(parallel=True, cache=True)
