@@ -355,7 +355,7 @@ class FeatureState:
         if bad.any():
             b, j = (int(v[0]) for v in np.nonzero(bad))
             raise FeatureStateError(
-                f"close {float(block.iat[b, j])!r} of {self.tickers[j]} on {dates[b]:%Y-%m-%d} is not "
+                f"close {float(block.to_numpy()[b, j])!r} of {self.tickers[j]} on {dates[b]:%Y-%m-%d} is not "
                 "a positive finite number"
             )
         return block
