@@ -2,13 +2,12 @@
 
 ``run_cycle(date)``:
 
-1. closes of the model's universe up to `date` from the store, cleaned exactly as
-   training's loader cleans a price file (`momentum.data.validate_prices`);
-2. missing closes on `date` follow the stale-data policy: ``skip`` the cycle, or
-   ``carry`` an asset's last close for at most ``max_carry_sessions`` sessions and
-   flag it stale;
-3. `momentum.features.compute_features` on the full stored history: the same
-   numbers training computed for that date (the EWMs have infinite memory);
+1-3. the features up to `date` (`service.live_features`): the stored feature state
+   advanced over the closes stored since, cleaned exactly as training's loader
+   cleans a price file, with missing closes on `date` following the stale-data
+   policy (``skip`` the cycle, or ``carry`` an asset's last close for at most
+   ``max_carry_sessions`` sessions and flag it stale); the same numbers
+   `compute_features` gives on the full stored history;
 4. the contract tensor (`momentum.contract`) of that one date -> onnxruntime;
 5. weights ``w = X * sigma_tgt / s / N_t`` (eq. 1, `momentum.portfolio.target_weights`),
    optionally scaled by the ex-ante portfolio leverage (`ex_ante_vol_scale`) of
@@ -36,9 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from momentum.contract import contract_inputs, predict_rows, tradable
-from momentum.data import validate_prices
-from momentum.features import Features, compute_features
-from momentum.manifest import feature_config
+from momentum.features import Features
 from momentum.portfolio import (
     VOL_TARGET,
     ex_ante_vol_scale,
@@ -46,14 +43,20 @@ from momentum.portfolio import (
     target_weights,
 )
 from service import store
+from service.live_features import (
+    PORTFOLIO_VOL_ROWS,
+    LiveFeatures,
+    SkipSession,
+    full_features,
+    live_features,
+    parity_max_abs,
+    store_settled,
+)
 from service.model import LoadedModel
 
 __all__ = ["CycleError", "CycleOptions", "CycleResult", "run_cycle"]
 
 log = logging.getLogger(__name__)
-
-# history used for the ex-ante portfolio vol estimate (EWM span 60, see ex_ante_vol_scale)
-_PORTFOLIO_VOL_ROWS = 180
 
 
 class CycleError(RuntimeError):
@@ -68,6 +71,10 @@ class CycleOptions:
     portfolio_vol_target: bool = False
     stale_policy: Literal["skip", "carry"] = "skip"
     max_carry_sessions: int = 3
+    # feature rows kept for the drift metrics (ServiceMetrics.drift_window)
+    drift_rows: int = 63
+    # feature states stored per model universe (older ones are pruned)
+    keep_states: int = 5
 
 
 @dataclass
@@ -84,55 +91,24 @@ class CycleResult:
     seconds: float = 0.0
     inference_seconds: float = 0.0
     positions: pd.DataFrame = field(default_factory=pd.DataFrame)
-    # what the cycle computed, for the drift metrics (None unless it succeeded)
+    # the feature rows up to as_of the cycle used, for the drift metrics (None unless it
+    # succeeded), and whether they came from a state rebuilt from the whole history
     features: Features | None = None
+    cold_start: bool = False
+    # largest |incremental - full-history| feature difference, when the cycle checked it
+    parity_max_abs: float | None = None
 
     @property
     def n_stale(self) -> int:
         return int(self.positions["stale"].sum()) if len(self.positions) else 0
 
 
-class _Skip(Exception):
-    """The cycle cannot run on the data it has (recorded as ``skipped``)."""
-
-
-def _closes(
-    engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp, options: CycleOptions
-) -> tuple[pd.DataFrame, list[str]]:
-    """Clean closes up to `as_of` and the tickers whose close on `as_of` is carried."""
-    tickers = model.manifest.tickers
-    raw = store.read_closes(engine, end=as_of, tickers=tickers)
-    if raw.empty or as_of not in raw.index:
-        raise _Skip(f"no closes stored for {as_of:%Y-%m-%d}")
-    # training cleaned its price file with the same function (load_prices -> validate_prices)
-    closes = validate_prices(raw, source="store")
-    closes = closes.reindex(columns=tickers)
-    today = closes.loc[as_of]
-    missing = [t for t in tickers if not np.isfinite(today[t])]
-    carried: list[str] = []
-    if missing:
-        if options.stale_policy == "skip":
-            raise _Skip(f"no close on {as_of:%Y-%m-%d} for {missing} (stale policy: skip)")
-        for ticker in missing:
-            column = closes[ticker]
-            known = column[column.notna()]
-            if known.empty:
-                continue  # never traded yet: no position, nothing to carry
-            gap = len(closes.loc[known.index[-1] :]) - 1  # sessions since its last close
-            if gap > options.max_carry_sessions:
-                raise _Skip(
-                    f"{ticker}: last close {known.index[-1]:%Y-%m-%d} is {gap} sessions before "
-                    f"{as_of:%Y-%m-%d}, beyond max_carry_sessions={options.max_carry_sessions}"
-                )
-            closes.loc[known.index[-1] :, ticker] = known.iloc[-1]
-            carried.append(ticker)
-    return closes, carried
-
-
-def _portfolio_leverage(model: LoadedModel, features: Any, row: int, vol_target: float) -> float:
+def _portfolio_leverage(
+    model: LoadedModel, features: Features, row: int, vol_target: float
+) -> float:
     """Ex-ante leverage from the model's own unscaled portfolio over the recent past."""
     lookback = model.manifest.lookback
-    first = max(lookback - 1, row - _PORTFOLIO_VOL_ROWS)
+    first = max(lookback - 1, row - PORTFOLIO_VOL_ROWS)
     rows = np.arange(first, row + 1)
     signal = predict_rows(model.positions, features, rows, lookback)
     daily = strategy_returns(signal, features.next_returns[rows], features.vol[rows])
@@ -142,13 +118,21 @@ def _portfolio_leverage(model: LoadedModel, features: Any, row: int, vol_target:
 
 def _compute(
     engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp, options: CycleOptions
-) -> tuple[pd.DataFrame, pd.Timestamp, float, Features]:
-    closes, carried = _closes(engine, model, as_of, options)
-    features = compute_features(closes, feature_config(model.manifest.features))
+) -> tuple[pd.DataFrame, float, LiveFeatures]:
+    live = live_features(
+        engine,
+        model,
+        as_of,
+        stale_policy=options.stale_policy,
+        max_carry_sessions=options.max_carry_sessions,
+        portfolio_vol_target=options.portfolio_vol_target,
+        drift_rows=options.drift_rows,
+    )
+    features = live.recent
     row = len(features.dates) - 1
     lookback = model.manifest.lookback
-    if row < lookback - 1:
-        raise CycleError(f"{row + 1} sessions stored; the model needs {lookback}")
+    if live.steps < lookback:
+        raise CycleError(f"{live.steps} sessions stored; the model needs {lookback}")
     x = contract_inputs(features, np.array([row]), lookback)
     start = time.perf_counter()
     # float32 tanh can round to 1 + 1.2e-7; X must lie in [-1, 1] (eq. 1)
@@ -164,11 +148,11 @@ def _compute(
             "signal": signal,
             "vol": features.annualised_vol[row],
             "weight": weights,
-            "stale": [t in carried for t in model.manifest.tickers],
+            "stale": [t in live.carried for t in model.manifest.tickers],
         },
         index=pd.Index(model.manifest.tickers, name="ticker"),
     )
-    return frame, closes.index[-1], inference, features
+    return frame, inference, live
 
 
 def run_cycle(
@@ -178,6 +162,7 @@ def run_cycle(
     *,
     options: CycleOptions | None = None,
     notify: Callable[[CycleResult], None] | None = None,
+    check_parity: bool = False,
 ) -> CycleResult:
     """Compute, store and publish the positions of `model` for session `as_of`.
 
@@ -185,6 +170,9 @@ def run_cycle(
     ``skipped`` with the reason, which is also recorded in ``cycle_runs`` (and the
     last good positions are flagged stale). Only an error while recording that
     failure (the store is unreachable) propagates.
+
+    With ``check_parity`` the features are also recomputed on the whole stored history
+    and ``result.parity_max_abs`` says how far the incremental ones are from them.
     """
     options = options or CycleOptions()
     day = pd.Timestamp(as_of).normalize()
@@ -197,12 +185,14 @@ def run_cycle(
         "started_at": started,
     }
     try:
-        frame, cutoff, inference, features = _compute(engine, model, day, options)
-        # one transaction: the positions and the run record, or nothing
-        run_id = store.write_cycle(
-            engine, {**run, "finished_at": datetime.now(UTC), "data_cutoff": cutoff}, frame
-        )
-    except _Skip as err:
+        frame, inference, live = _compute(engine, model, day, options)
+        # one transaction: the positions, the run record and the feature state, or nothing
+        with store.transaction(engine) as conn:
+            run_id = store.write_cycle(
+                conn, {**run, "finished_at": datetime.now(UTC), "data_cutoff": day}, frame
+            )
+            store_settled(conn, live, keep=options.keep_states)
+    except SkipSession as err:
         return _unsuccessful(engine, run, "skipped", str(err), clock)
     except Exception as err:
         log.error("cycle %s failed: %s\n%s", f"{day:%Y-%m-%d}", err, traceback.format_exc())
@@ -213,12 +203,18 @@ def run_cycle(
         model_version=model.version,
         status="succeeded",
         run_id=run_id,
-        data_cutoff=cutoff,
+        data_cutoff=day,
         seconds=time.perf_counter() - clock,
         inference_seconds=inference,
         positions=frame,
-        features=features,
+        features=live.recent,
+        cold_start=live.cold,
     )
+    if check_parity:
+        try:
+            result.parity_max_abs = parity_max_abs(live, full_features(engine, model, day))
+        except Exception:
+            log.exception("feature parity check failed for %s", f"{day:%Y-%m-%d}")
     if notify is not None:
         try:
             notify(result)

@@ -9,7 +9,11 @@ Tables (:data:`metadata`):
   flag, pointing at the cycle run that wrote it;
 * ``cycle_runs`` -- every cycle attempt: status, timings, error, counts;
 * ``model_loads`` -- every attempt to load a model (accepted or refused, and why);
-* ``paper_ledger`` -- the daily paper-trading track record per model.
+* ``paper_ledger`` -- the daily paper-trading track record per model;
+* ``feature_states`` -- the incremental feature state (`momentum.feature_state`) as of recent
+  sessions, per feature key (features, universe and rows kept), so a cycle reads the day's
+  closes instead of the whole history. Writing a close on date d drops every state as of d or
+  later, in the same transaction: a state never outlives the closes it was built from.
 
 Every function takes an :class:`sqlalchemy.Engine` or a :class:`sqlalchemy.Connection` first and
 speaks plain Python and pandas. Given an engine, a write function runs in its own transaction
@@ -53,7 +57,10 @@ __all__ = [
     "correct_closes",
     "create_engine",
     "cycle_runs",
+    "drop_feature_states",
+    "feature_states",
     "insert_closes",
+    "latest_feature_state",
     "latest_positions",
     "metadata",
     "model_loads",
@@ -71,6 +78,7 @@ __all__ = [
     "stored_closes",
     "transaction",
     "write_cycle",
+    "write_feature_state",
     "write_ledger_row",
 ]
 
@@ -212,6 +220,16 @@ paper_ledger = sa.Table(
     sa.Column("equity", sa.Double, nullable=False),
     # weighted assets whose return over the day could not be computed (a close is missing)
     sa.Column("missing", sa.Integer, nullable=False, server_default="0"),
+)
+
+feature_states = sa.Table(
+    "feature_states",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),  # the last session the state consumed
+    sa.Column("steps", sa.Integer, nullable=False),  # sessions consumed
+    sa.Column("created_at", _UtcDateTime, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),  # FeatureState.to_bytes()
 )
 
 
@@ -575,6 +593,7 @@ def insert_closes(
     if records:
         with transaction(bind) as conn:
             conn.execute(closes.insert(), records)
+            drop_feature_states(conn, since=min(r["date"] for r in records))
     return len(records)
 
 
@@ -635,6 +654,7 @@ def correct_closes(
             close_corrections.insert().values(source=source, corrected_at=stamp),
             [{"date": d, "ticker": t, "old_close": old[(d, t)], "new_close": c} for d, t, c in new],
         )
+        drop_feature_states(conn, since=min(d for d, _, _ in new))
     return len(new)
 
 
@@ -1203,3 +1223,86 @@ def read_ledger(
         frame[column] = frame[column].astype(np.float64)
     frame["missing"] = frame["missing"].astype(np.int64)
     return frame.drop(columns="model_name").set_index("date")
+
+
+# --------------------------------------------------------------------------------------------
+# feature states
+# --------------------------------------------------------------------------------------------
+
+
+def write_feature_state(
+    bind: sa.Engine | sa.Connection,
+    key: str,
+    as_of: Any,
+    steps: int,
+    state: bytes,
+    *,
+    keep: int = 5,
+) -> None:
+    """Store the feature state of `key` as of a session, keeping the newest `keep` of that key.
+
+    Parameters
+    ----------
+    bind : sqlalchemy.Engine or sqlalchemy.Connection
+    key : str
+        What the state is of (`service.cycle.feature_key`: features, universe, rows kept).
+    as_of : date-like
+        The last session the state consumed; a state already stored for it is replaced.
+    steps : int
+        Sessions consumed.
+    state : bytes
+        `momentum.feature_state.FeatureState.to_bytes`.
+    keep : int
+        States of this key kept (older ones are deleted): a correction older than all of
+        them makes the next cycle rebuild from the history.
+    """
+    key = _name(key, "key")  # type: ignore[assignment]
+    day = _date(as_of, "as_of")
+    if keep < 1:
+        raise ValueError(f"`keep` must be at least 1, got {keep}")
+    where = (feature_states.c.key == key, feature_states.c.as_of == day)
+    with transaction(bind) as conn:
+        conn.execute(feature_states.delete().where(*where))
+        conn.execute(
+            feature_states.insert().values(
+                key=key, as_of=day, steps=int(steps), created_at=_now(), state=state
+            )
+        )
+        kept = (
+            sa.select(feature_states.c.as_of)
+            .where(feature_states.c.key == key)
+            .order_by(feature_states.c.as_of.desc())
+            .limit(keep)
+        )
+        oldest = min(d for (d,) in conn.execute(kept))
+        conn.execute(
+            feature_states.delete().where(
+                feature_states.c.key == key, feature_states.c.as_of < oldest
+            )
+        )
+
+
+def latest_feature_state(
+    bind: sa.Engine | sa.Connection, key: str, *, before: Any
+) -> tuple[pd.Timestamp, bytes] | None:
+    """The newest stored state of `key` as of a session strictly before `before`, if any."""
+    query = (
+        sa.select(feature_states.c.as_of, feature_states.c.state)
+        .where(feature_states.c.key == key, feature_states.c.as_of < _date(before, "before"))
+        .order_by(feature_states.c.as_of.desc())
+        .limit(1)
+    )
+    with _reading(bind) as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    return pd.Timestamp(row[0]), bytes(row[1])
+
+
+def drop_feature_states(bind: sa.Engine | sa.Connection, *, since: Any) -> int:
+    """Delete every feature state as of `since` or later (its closes changed); returns how many."""
+    with transaction(bind) as conn:
+        result = conn.execute(
+            feature_states.delete().where(feature_states.c.as_of >= _date(since, "since"))
+        )
+    return int(result.rowcount or 0)

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from momentum.data import load_prices
+from momentum.feature_state import FeatureState
 from momentum.portfolio import target_weights
 from service import cycle as cycle_module
 from service import store
@@ -76,10 +77,11 @@ def test_running_the_same_cycle_twice_leaves_one_set_of_rows(engine, model):
 # every step of a cycle, made to fail in turn
 STEPS = [
     ("read_closes", lambda m: m.setattr(store, "read_closes", _boom)),
-    ("validate_prices", lambda m: m.setattr(cycle_module, "validate_prices", _boom)),
-    ("compute_features", lambda m: m.setattr(cycle_module, "compute_features", _boom)),
+    ("continue_panel", lambda m: m.setattr(FeatureState, "continue_panel", _boom)),
+    ("advance", lambda m: m.setattr(FeatureState, "advance", _boom)),
     ("contract_inputs", lambda m: m.setattr(cycle_module, "contract_inputs", _boom)),
     ("target_weights", lambda m: m.setattr(cycle_module, "target_weights", _boom)),
+    ("write_feature_state", lambda m: m.setattr(store, "write_feature_state", _boom)),
 ]
 
 
@@ -115,6 +117,7 @@ def test_a_failure_at_any_step_writes_nothing_and_flags_the_last_positions_stale
     # nothing of the failed cycle is stored: closes and positions rows are those of before,
     # except that the last good set is now flagged stale; one failed run is recorded
     assert after["closes"] == before["closes"]
+    assert after["feature_states"] == before["feature_states"]
     assert [r[:-2] for r in after["positions"]] == [r[:-2] for r in before["positions"]]
     assert store.latest_positions(engine, model.name)["stale"].all()
     runs = store.read_cycle_runs(engine, model_name=model.name)

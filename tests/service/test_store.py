@@ -53,6 +53,7 @@ def test_sqlite_file_is_created_with_wal_foreign_keys_and_busy_timeout(tmp_path)
         assert set(sa.inspect(engine).get_table_names()) == {
             "closes",
             "close_corrections",
+            "feature_states",
             "positions",
             "cycle_runs",
             "model_loads",

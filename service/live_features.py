@@ -1,0 +1,269 @@
+"""The cycle's features: the stored feature state advanced over the day's closes.
+
+A cycle for session t needs the model's lookback window of features ending at t
+(and, for the drift metrics and the ex-ante portfolio scaling, a few more rows).
+`live_features` gets them without reading the history:
+
+1. the newest stored `FeatureState` of this model's features and universe as of a
+   session before t (`service.store.latest_feature_state`);
+2. the closes stored after that session up to t, cleaned exactly as training's
+   loader cleans the whole panel (`FeatureState.continue_panel`: short interior
+   gaps forward-filled, long ones refused);
+3. the stale-data policy on t (``skip``, or ``carry`` an asset's last close);
+4. the state advanced over those sessions (`FeatureState.advance`, O(N) each).
+
+The state as of the newest *settled* session is stored for the next cycle, in the
+transaction that stores the cycle's positions (`store_settled`): a
+session is settled when no asset has a trailing gap that a later close could
+still fill, and no carried close went into it. A close written on date d drops
+every state as of d or later (`service.store`), so a late close or a correction
+makes the next cycle resume from an older state, or rebuild from the history
+when none is left (a cold start).
+
+`full_features` is the other path: `compute_features` on the whole stored
+history, as the service computed before states existed. The parity check runs
+it every few cycles and compares (`parity_max_abs`): training/serving skew is
+measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from momentum.data import PriceDataError, validate_prices
+from momentum.feature_state import FeatureState, FeatureStateError
+from momentum.features import FEATURES_VERSION, Features, compute_features
+from momentum.manifest import feature_config
+from service import store
+from service.model import LoadedModel
+
+__all__ = [
+    "LiveFeatures",
+    "SettledState",
+    "SkipSession",
+    "feature_key",
+    "full_features",
+    "history_rows",
+    "live_features",
+    "parity_max_abs",
+    "store_settled",
+]
+
+log = logging.getLogger(__name__)
+
+# history used for the ex-ante portfolio vol estimate (EWM span 60, see ex_ante_vol_scale)
+PORTFOLIO_VOL_ROWS = 180
+
+
+class SkipSession(Exception):
+    """The cycle cannot run on the data it has (recorded as ``skipped``)."""
+
+
+@dataclass(frozen=True)
+class LiveFeatures:
+    """The features a cycle of session `as_of` uses.
+
+    Attributes
+    ----------
+    recent : Features
+        The last ``history_rows`` rows ending at `as_of` (fewer when less is stored).
+    steps : int
+        Sessions of history behind `recent` (the row index of `as_of` is ``steps - 1``).
+    carried : list of str
+        Tickers whose close on `as_of` is a carried one (stale policy ``carry``).
+    cold : bool
+        The state was rebuilt from the whole stored history (no usable stored state).
+    settled : SettledState or None
+        The state as of the newest settled session, to store with the cycle's positions
+        (`store_settled`); None when no new session settled.
+    """
+
+    recent: Features
+    steps: int
+    carried: list[str]
+    cold: bool
+    settled: SettledState | None = None
+
+
+@dataclass(frozen=True)
+class SettledState:
+    """A serialised `FeatureState` and where it goes in ``feature_states``."""
+
+    key: str
+    as_of: pd.Timestamp
+    steps: int
+    state: bytes
+
+
+def history_rows(model: LoadedModel, portfolio_vol_target: bool, drift_rows: int = 63) -> int:
+    """Feature rows a cycle keeps: the lookback, the drift window, the portfolio-vol window."""
+    rows = max(model.manifest.lookback, drift_rows)
+    if portfolio_vol_target:
+        rows = max(rows, model.manifest.lookback + PORTFOLIO_VOL_ROWS)
+    return rows
+
+
+def feature_key(model: LoadedModel, history: int) -> str:
+    """What a stored state is of: features version and config, universe in order, rows kept."""
+    spec = {
+        "features_version": FEATURES_VERSION,
+        "config": feature_config(model.manifest.features).as_dict(),
+        "tickers": list(model.manifest.tickers),
+        "history": history,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def live_features(
+    engine: sa.Engine,
+    model: LoadedModel,
+    as_of: pd.Timestamp,
+    *,
+    stale_policy: str = "skip",
+    max_carry_sessions: int = 3,
+    portfolio_vol_target: bool = False,
+    drift_rows: int = 63,
+) -> LiveFeatures:
+    """The features of session `as_of` from the stored state and the closes after it.
+
+    Raises
+    ------
+    SkipSession
+        No close stored on `as_of`, or the stale policy skips it.
+    momentum.data.PriceDataError
+        The stored closes have a gap training's cleaning refuses.
+    """
+    tickers = list(model.manifest.tickers)
+    history = history_rows(model, portfolio_vol_target, drift_rows)
+    key = feature_key(model, history)
+    state = _stored_state(engine, key, as_of)
+    cold = state is None
+    if state is None:
+        state = FeatureState.empty(
+            tickers, feature_config(model.manifest.features), history=history
+        )
+    start = None if state.last_date is None else state.last_date + pd.Timedelta(days=1)
+    raw = store.read_closes(engine, start=start, end=as_of, tickers=tickers)
+    raw = raw[raw.notna().any(axis=1)]
+    if raw.empty or as_of not in raw.index:
+        raise SkipSession(f"no closes stored for {as_of:%Y-%m-%d}")
+    filled, settled = state.continue_panel(raw, source="store")
+    never = [t for j, t in enumerate(tickers) if _never_closed(state, filled, j)]
+    if never:
+        # training's loader refuses a price column without a price (validate_prices)
+        raise PriceDataError(
+            "has no prices (the column is empty)" if len(never) == 1 else "have no prices",
+            source="store",
+            ticker=", ".join(never[:5]) + (" ..." if len(never) > 5 else ""),
+        )
+    carried, settled = _stale_policy(
+        state, filled, settled, as_of, stale_policy, max_carry_sessions
+    )
+    to_store = None
+    if settled:
+        state.advance(filled.iloc[:settled])
+        assert state.last_date is not None
+        to_store = SettledState(key, state.last_date, state.steps, state.to_bytes())
+    if settled < len(filled):
+        state.advance(filled.iloc[settled:])  # carried or still-open sessions: not stored
+    return LiveFeatures(
+        recent=state.recent, steps=state.steps, carried=carried, cold=cold, settled=to_store
+    )
+
+
+def store_settled(bind: sa.Engine | sa.Connection, live: LiveFeatures, *, keep: int) -> None:
+    """Store the settled state of `live` (if any), keeping the newest `keep` of its key."""
+    if live.settled is not None:
+        s = live.settled
+        store.write_feature_state(bind, s.key, s.as_of, s.steps, s.state, keep=keep)
+
+
+def full_features(engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp) -> Features:
+    """`compute_features` on every stored close up to `as_of`, cleaned as training cleans."""
+    tickers = list(model.manifest.tickers)
+    raw = store.read_closes(engine, end=as_of, tickers=tickers)
+    closes = validate_prices(raw, source="store").reindex(columns=tickers)
+    return compute_features(closes, feature_config(model.manifest.features))
+
+
+def parity_max_abs(live: LiveFeatures, full: Features) -> float:
+    """Largest |live - full| over the live rows' features and vol; inf where NaN differs."""
+    rows = len(live.recent.dates)
+    if live.steps != len(full.dates) or not live.recent.dates.equals(full.dates[-rows:]):
+        return float("inf")
+    worst = 0.0
+    for got, want in (
+        (live.recent.values, full.values[-rows:]),
+        (live.recent.vol, full.vol[-rows:]),
+    ):
+        if not np.array_equal(np.isnan(got), np.isnan(want)):
+            return float("inf")
+        worst = max(worst, float(np.nanmax(np.abs(got - want), initial=0.0)))
+    return worst
+
+
+def _stored_state(engine: sa.Engine, key: str, as_of: pd.Timestamp) -> FeatureState | None:
+    found = store.latest_feature_state(engine, key, before=as_of)
+    if found is None:
+        return None
+    day, blob = found
+    try:
+        return FeatureState.from_bytes(blob)
+    except FeatureStateError as err:
+        log.warning(
+            "stored feature state as of %s unusable, rebuilding: %s", f"{day:%Y-%m-%d}", err
+        )
+        return None
+
+
+def _never_closed(state: FeatureState, filled: pd.DataFrame, column: int) -> bool:
+    return bool(np.isnan(state.last_close[column]) and filled.iloc[:, column].isna().all())
+
+
+def _stale_policy(
+    state: FeatureState,
+    filled: pd.DataFrame,
+    settled: int,
+    as_of: pd.Timestamp,
+    policy: str,
+    max_carry_sessions: int,
+) -> tuple[list[str], int]:
+    """Apply the stale policy to `as_of` (the last row of `filled`, changed in place).
+
+    Returns the carried tickers and the settled rows left: a carried close must not
+    go into a stored state (the real close may still arrive).
+    """
+    values = filled.to_numpy()
+    missing = np.flatnonzero(np.isnan(values[-1]))
+    if missing.size == 0:
+        return [], settled
+    tickers = [str(filled.columns[j]) for j in missing]
+    if policy == "skip":
+        raise SkipSession(f"no close on {as_of:%Y-%m-%d} for {tickers} (stale policy: skip)")
+    carried: list[str] = []
+    for j, ticker in zip(missing, tickers, strict=True):
+        seen = np.flatnonzero(~np.isnan(values[:, j]))
+        if seen.size:
+            gap, last = len(values) - 1 - int(seen[-1]), float(values[seen[-1], j])
+            since = f"last close {filled.index[seen[-1]]:%Y-%m-%d}"
+        else:
+            gap, last = int(state.gap[j]) + len(values), float(state.last_close[j])
+            since = "last close"
+        if gap > max_carry_sessions:
+            raise SkipSession(
+                f"{ticker}: {since} is {gap} sessions before {as_of:%Y-%m-%d}, beyond "
+                f"max_carry_sessions={max_carry_sessions}"
+            )
+        # max_carry_sessions <= max_fill: a stored state never ends inside a carried gap
+        assert gap <= len(values), (ticker, gap, len(values))
+        filled.iloc[len(values) - gap :, j] = last
+        carried.append(ticker)
+        settled = min(settled, len(values) - gap)
+    return carried, settled
