@@ -25,7 +25,7 @@ from service.config import Settings
 from service.cycle import CycleOptions, CycleResult, run_cycle
 from service.errors import FailedPrecondition
 from service.ingest import IngestResult, ingest_closes, ingest_file
-from service.metrics import ServiceMetrics
+from service.metrics import DRIFT_WINDOW, ServiceMetrics
 from service.model import ModelHolder
 from service.paper import ledger_summary, update_ledger
 
@@ -67,7 +67,10 @@ class SignalService:
             portfolio_vol_target=settings.portfolio_vol_target,
             stale_policy=settings.stale_policy,
             max_carry_sessions=settings.max_carry_sessions,
+            drift_rows=metrics.drift_window if metrics is not None else DRIFT_WINDOW,
+            keep_states=settings.feature_states_kept,
         )
+        self._cycles_run = 0  # parity is checked on the first cycle and every parity_every
         self.holder = ModelHolder(
             settings.registry_dir,
             settings.model_name,
@@ -134,9 +137,16 @@ class SignalService:
         with self._cycle_lock:
             self.refresh_model()
             model = self.holder.require()
+            every = self.settings.parity_every
             result = run_cycle(
-                self.engine, model, session, options=self.options, notify=self._publish
+                self.engine,
+                model,
+                session,
+                options=self.options,
+                notify=self._publish,
+                check_parity=every > 0 and self._cycles_run % every == 0,
             )
+            self._cycles_run += 1
             update_ledger(
                 self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
             )

@@ -203,9 +203,29 @@ class Settings(BaseSettings):
     max_carry_sessions: int = Field(
         default=3,
         ge=1,
+        le=5,
         description=(
             "With `stale_policy=carry`: the most consecutive sessions a close is carried "
-            "forward before the cycle is skipped instead (>= 1)."
+            "forward before the cycle is skipped instead (1-5: a longer gap ends the asset, "
+            "as training's loader refuses gaps of more than 5 sessions)."
+        ),
+    )
+    parity_every: int = Field(
+        default=20,
+        ge=0,
+        description=(
+            "Every this many cycles (and on the first cycle after start) the features are "
+            "also recomputed on the whole stored history and the largest difference from the "
+            "incremental ones is exported as `momentum_feature_parity_max_abs` (0: never)."
+        ),
+    )
+    feature_states_kept: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Incremental feature states kept in the store per model universe (>= 1); a "
+            "correction of a close older than all of them makes the next cycle rebuild the "
+            "state from the whole history."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(

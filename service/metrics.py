@@ -180,6 +180,19 @@ class ServiceMetrics:
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
+        self.feature_parity = Gauge(
+            "momentum_feature_parity_max_abs",
+            "Largest |incremental - full-history| difference of the served features and vol at "
+            "the last parity check (MOMENTUM_PARITY_EVERY); +Inf when a value is missing on one "
+            "side only. Training/serving skew: should be 0.",
+            registry=r,
+        )
+        self.feature_state_rebuilds = Counter(
+            "momentum_feature_state_rebuilds_total",
+            "Cycles that rebuilt the feature state from the whole stored history (no usable "
+            "stored state: first cycle, a correction older than the kept states, a new model).",
+            registry=r,
+        )
         self.last_success = Gauge(
             "momentum_last_successful_cycle_timestamp_seconds",
             "Unix time at which the last successful cycle was observed (0: none yet).",
@@ -349,7 +362,8 @@ class ServiceMetrics:
         the positions set now served (the store flagged the last good set stale) and leaves
         every other gauge as it was. A successful one sets the inference latency, the last
         cycle times, the stale count, the portfolio figures (turnover against the previous
-        stored set), the per-feature PSI of the last ``drift_window`` rows of
+        stored set), the feature parity when the cycle checked it, the feature-state
+        rebuild count, the per-feature PSI of the last ``drift_window`` rows of
         ``result.features`` and the signal PSI of the stored signals of this model version on
         its last ``drift_window`` as-of dates up to ``result.as_of``.
 
@@ -383,6 +397,10 @@ class ServiceMetrics:
                 self.assets_stale.set(int(served["stale"].sum()))
             return
         self.inference_duration.observe(result.inference_seconds)
+        if result.parity_max_abs is not None:
+            self.feature_parity.set(result.parity_max_abs)
+        if result.cold_start:
+            self.feature_state_rebuilds.inc()
         positions = result.positions
         previous = store.latest_positions(
             engine, model.name, as_of=result.as_of - pd.Timedelta(days=1)

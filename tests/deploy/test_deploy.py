@@ -934,6 +934,19 @@ def _alert_cases() -> list[dict[str, Any]]:
                 _fires("MomentumSignalDrift", "95m", "warning"),
             ],
         },
+        # parity at rounding level is quiet; a difference above 1e-9 (or +Inf) pages
+        {
+            "interval": "1m",
+            "input_series": [
+                _series("momentum_feature_parity_max_abs", "0x10 1e-12x10 2e-6x10 0x10"),
+            ],
+            "alert_rule_test": [
+                _quiet("MomentumFeatureParity", "5m"),
+                _quiet("MomentumFeatureParity", "15m"),
+                _fires("MomentumFeatureParity", "25m", "critical"),
+                _quiet("MomentumFeatureParity", "35m"),
+            ],
+        },
         # the first set's trade-in (0.9 for a long weekend) then the backtest's pace: never
         {
             "every": "30m",
