@@ -1,0 +1,174 @@
+"""The incremental live path: stored feature states against recomputing the whole history."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from momentum.data import load_prices
+from momentum.feature_state import FeatureState
+from service import live_features as live_module
+from service import store
+from service.cycle import CycleOptions, run_cycle
+from service.ingest import ingest_closes, panel_rows
+from service.model import load_model
+
+PRICES = load_prices("sp500")
+TICKERS = list(PRICES.columns)
+DAYS = PRICES.loc["2021-03-01":"2021-03-31"].index
+
+
+def _ingest(engine, prices: pd.DataFrame, *, correction: bool = False) -> None:
+    result = ingest_closes(
+        engine,
+        panel_rows(prices),
+        universe=TICKERS,
+        calendar="XNYS",
+        source="test",
+        correction=correction,
+    )
+    assert result.ok, result.rejections[:3]
+
+
+@pytest.fixture
+def model(served_run):
+    return load_model(served_run["registry"], served_run["name"], tickers=TICKERS, device="cpu")
+
+
+def _states(engine) -> list[pd.Timestamp]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(store.feature_states.c.as_of)).all()
+    return sorted(pd.Timestamp(d) for (d,) in rows)
+
+
+def _cold(engine, model, day) -> pd.DataFrame:
+    """The positions of a cycle that recomputes everything (no stored state)."""
+    store.drop_feature_states(engine, since="1990-01-01")
+    result = run_cycle(engine, model, day)
+    assert result.status == "succeeded" and result.cold_start, result.error
+    return result.positions
+
+
+def test_daily_cycles_resume_from_the_stored_state_and_equal_a_full_recompute(
+    engine, model, served_run, monkeypatch
+):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    reads = []
+    real_read = store.read_closes
+    monkeypatch.setattr(
+        store, "read_closes", lambda *a, **k: reads.append(k.get("start")) or real_read(*a, **k)
+    )
+    incremental = {}
+    for i, day in enumerate(DAYS):
+        result = run_cycle(engine, model, day, check_parity=True)
+        assert result.status == "succeeded", result.error
+        assert result.cold_start == (i == 0)
+        # only the first cycle reads the history; each later one the closes after its state
+        assert (reads[-2] is None) == (i == 0)
+        assert result.parity_max_abs == 0.0
+        incremental[day] = result.positions
+    assert _states(engine) == list(DAYS[-5:])  # the newest five kept
+    # a restarted service (a new model object, nothing in memory) resumes from the store
+    restarted = load_model(served_run["registry"], served_run["name"], tickers=TICKERS)
+    again = run_cycle(engine, restarted, DAYS[-1])
+    assert not again.cold_start
+    pd.testing.assert_frame_equal(again.positions, incremental[DAYS[-1]])
+    for day in DAYS[::7]:
+        pd.testing.assert_frame_equal(_cold(engine, model, day), incremental[day])
+
+
+def test_a_corrected_close_rebuilds_the_state_from_its_date(engine, model):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    for day in DAYS:
+        assert run_cycle(engine, model, day).status == "succeeded"
+    fix = PRICES.loc[[DAYS[-3]], ["AAPL"]] * 1.05
+    _ingest(engine, fix, correction=True)
+    assert _states(engine) == list(DAYS[-5:-3])  # states that used the old close are gone
+    after = run_cycle(engine, model, DAYS[-1])
+    assert not after.cold_start  # resumed from the state before the corrected date
+    assert _states(engine)[-1] == DAYS[-1]
+    pd.testing.assert_frame_equal(after.positions, _cold(engine, model, DAYS[-1]))
+    # a correction older than every kept state: the next cycle rebuilds from the history
+    _ingest(engine, PRICES.loc[["2020-06-01"], ["MSFT"]] * 0.97, correction=True)
+    assert _states(engine) == []
+    rebuilt = run_cycle(engine, model, DAYS[-1])
+    assert rebuilt.cold_start and rebuilt.status == "succeeded"
+
+
+def test_a_late_close_of_a_carried_session_is_used_by_the_next_cycle(engine, model):
+    carry = CycleOptions(stale_policy="carry", max_carry_sessions=2)
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-26"])
+    assert run_cycle(engine, model, "2021-03-26", options=carry).status == "succeeded"
+    _ingest(engine, PRICES.loc[["2021-03-29"]].drop(columns="AAPL"))
+    carried = run_cycle(engine, model, "2021-03-29", options=carry)
+    assert carried.status == "succeeded" and carried.positions.loc["AAPL", "stale"]
+    assert _states(engine)[-1] == pd.Timestamp("2021-03-26")  # a carried close is not stored
+    # AAPL's close of the 29th arrives late, with the 30th
+    _ingest(engine, PRICES.loc[["2021-03-29"], ["AAPL"]])
+    _ingest(engine, PRICES.loc[["2021-03-30"]])
+    late = run_cycle(engine, model, "2021-03-30", options=carry)
+    assert not late.cold_start and not late.positions["stale"].any()
+    pd.testing.assert_frame_equal(late.positions, _cold(engine, model, "2021-03-30"))
+
+
+def test_a_short_gap_is_settled_only_when_a_close_ends_it(engine, model):
+    carry = CycleOptions(stale_policy="carry", max_carry_sessions=3)
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-24"])
+    assert run_cycle(engine, model, "2021-03-24", options=carry).status == "succeeded"
+    for day in ("2021-03-25", "2021-03-26"):
+        _ingest(engine, PRICES.loc[[day]].drop(columns="MSFT"))
+        assert run_cycle(engine, model, day, options=carry).status == "succeeded"
+    # MSFT never sends those two closes; its next one makes them an interior gap, which
+    # training's loader forward-fills: the cycle does the same
+    _ingest(engine, PRICES.loc[["2021-03-29"]])
+    resumed = run_cycle(engine, model, "2021-03-29", options=carry, check_parity=True)
+    assert resumed.parity_max_abs == 0.0 and not resumed.positions["stale"].any()
+    assert _states(engine)[-1] == pd.Timestamp("2021-03-29")
+
+
+def test_a_tampered_state_shows_in_the_parity_check(engine, model):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    assert run_cycle(engine, model, DAYS[-2], check_parity=True).parity_max_abs == 0.0
+    key, (as_of, blob) = _only_state(engine)
+    state = FeatureState.from_bytes(blob)
+    state.arrays["ewm"][3, 1, 0] *= 1.01  # the vol EWM mean of one asset
+    state.arrays["p_ring"][5] *= 1.001  # recent winsorised closes of another
+    store.write_feature_state(engine, key, as_of, state.steps, state.to_bytes())
+    result = run_cycle(engine, model, DAYS[-1], check_parity=True)
+    assert result.status == "succeeded" and not result.cold_start
+    assert result.parity_max_abs > 1e-9
+
+
+def test_a_state_of_another_features_version_is_rebuilt(engine, model, monkeypatch):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    assert run_cycle(engine, model, DAYS[-2]).status == "succeeded"
+    monkeypatch.setattr("momentum.feature_state.FEATURES_VERSION", "0.0-other")
+    result = run_cycle(engine, model, DAYS[-1])
+    assert result.status == "succeeded" and result.cold_start
+
+
+def test_parity_compares_values_vol_and_missingness():
+    prices = PRICES.iloc[:400, :3]
+    state = FeatureState.from_prices(prices, history=10)
+    full = live_module.compute_features(prices)
+    live = live_module.LiveFeatures(recent=state.recent, steps=400, carried=[], cold=False)
+    assert live_module.parity_max_abs(live, full) == 0.0
+    shifted = full.values.copy()
+    shifted[-1, 0, 2] += 3e-9
+    other = full.__class__(**{**full.__dict__, "values": shifted})
+    assert live_module.parity_max_abs(live, other) == pytest.approx(3e-9, rel=1e-3)
+    holes = full.vol.copy()
+    holes[-2, 1] = np.nan
+    assert live_module.parity_max_abs(live, full.__class__(**{**full.__dict__, "vol": holes})) == (
+        float("inf")
+    )
+
+
+def _only_state(engine) -> tuple[str, tuple[pd.Timestamp, bytes]]:
+    with engine.connect() as conn:
+        (key,) = conn.execute(sa.select(store.feature_states.c.key).distinct()).one()
+    found = store.latest_feature_state(engine, key, before="2100-01-01")
+    assert found is not None
+    return key, found
