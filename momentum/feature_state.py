@@ -36,6 +36,7 @@ from momentum.features import (
     FEATURES_VERSION,
     FeatureConfig,
     Features,
+    concat_rows,
     next_day_target,
 )
 
@@ -397,27 +398,17 @@ def _features(
 
 
 def _tail(recent: Features, new: Features, rows: int) -> Features:
-    """The last `rows` rows of `recent` followed by `new`."""
-    if len(new.dates) >= rows:
-        keep = new.slice_dates(len(new.dates) - rows, len(new.dates))
-        return _features(
-            new.config,
-            new.tickers,
-            keep.values.copy(),
-            keep.returns.copy(),
-            keep.vol.copy(),
-            keep.dates,
-        )
-    old = recent.slice_dates(max(0, len(recent.dates) - (rows - len(new.dates))), len(recent.dates))
+    """The last `rows` rows of `recent` followed by `new` (copies: never views of `new`)."""
+    keep = max(0, rows - len(new.dates))
+    old = recent.slice_dates(max(0, len(recent.dates) - keep), len(recent.dates))
+    both = concat_rows(old, new)
+    last = both.slice_dates(len(both.dates) - min(rows, len(both.dates)), len(both.dates))
+    # own arrays: a view would keep a whole panel's features alive
     return _features(
-        new.config,
-        new.tickers,
-        np.concatenate([old.values, new.values]),
-        np.concatenate([old.returns, new.returns]),
-        np.concatenate([old.vol, new.vol]),
-        pd.DatetimeIndex(old.dates.append(new.dates)),
+        last.config,
+        last.tickers,
+        last.values.copy(),
+        last.returns.copy(),
+        last.vol.copy(),
+        last.dates,
     )
-
-
-def _day(value: Any) -> str:
-    return f"{value:%Y-%m-%d}" if isinstance(value, pd.Timestamp) else str(value)

@@ -55,6 +55,7 @@ __all__ = [
     "FeatureConfig",
     "Features",
     "compute_features",
+    "concat_rows",
     "ewm_halflife",
     "next_day_returns",
     "next_day_target",
@@ -252,6 +253,30 @@ class Features:
             target=self.target[start:stop],
             config=self.config,
         )
+
+
+def concat_rows(first: Features, second: Features) -> Features:
+    """The rows of `first` followed by those of `second` (same assets, features, config).
+
+    ``target`` is recomputed over the joined rows, so the last row of `first` gets the
+    target its next day (the first row of `second`) implies.
+    """
+    if first.tickers != second.tickers or first.names != second.names:
+        raise ValueError("`first` and `second` must have the same tickers and feature names")
+    if len(first.dates) and len(second.dates) and second.dates[0] <= first.dates[-1]:
+        raise ValueError("`second` must start after the last date of `first`")
+    returns = np.concatenate([first.returns, second.returns])
+    vol = np.concatenate([first.vol, second.vol])
+    return Features(
+        values=np.concatenate([first.values, second.values]),
+        names=second.names,
+        dates=pd.DatetimeIndex(first.dates.append(second.dates), name="date"),
+        tickers=second.tickers,
+        returns=returns,
+        vol=vol,
+        target=next_day_target(returns, vol, second.config.vol_target),
+        config=second.config,
+    )
 
 
 def next_day_returns(returns: np.ndarray) -> np.ndarray:

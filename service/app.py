@@ -22,7 +22,7 @@ from momentum.data import EMBEDDED, load_prices
 from service import store
 from service.calendar import exchange_today, get_calendar
 from service.config import Settings
-from service.cycle import CycleOptions, CycleResult, run_cycle
+from service.cycle import CycleOptions, CycleResult, check_feature_parity, run_cycle, run_cycles
 from service.errors import FailedPrecondition
 from service.ingest import IngestResult, ingest_closes, ingest_file
 from service.metrics import DRIFT_WINDOW, ServiceMetrics
@@ -137,22 +137,62 @@ class SignalService:
         with self._cycle_lock:
             self.refresh_model()
             model = self.holder.require()
-            every = self.settings.parity_every
+            self._cycles_run += 1
             result = run_cycle(
                 self.engine,
                 model,
                 session,
                 options=self.options,
                 notify=self._publish,
-                check_parity=every > 0 and self._cycles_run % every == 0,
+                check_parity=self._parity_due(1),
             )
-            self._cycles_run += 1
             update_ledger(
                 self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
             )
             self._observe(lambda m: m.observe_cycle(result, engine=self.engine, model=model))
             self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
         return result
+
+    def run_sessions(
+        self, sessions: Any, *, each: Callable[[CycleResult], None] | None = None
+    ) -> list[CycleResult]:
+        """The cycles of several sessions in order, batched (`run_cycles`), each then marked.
+
+        After every session: the paper ledger, the metrics, then ``each(result)`` (progress
+        for the CLI). The last successful session gets the parity check when one is due.
+        """
+        self._writable("run cycles")
+        results: list[CycleResult] = []
+        with self._cycle_lock:
+            self.refresh_model()
+            model = self.holder.require()
+            for result in run_cycles(
+                self.engine, model, sessions, options=self.options, notify=self._publish
+            ):
+                self._cycles_run += 1
+                update_ledger(
+                    self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
+                )
+                self._observe(
+                    lambda m, r=result: m.observe_cycle(r, engine=self.engine, model=model)
+                )
+                results.append(result)
+                if each is not None:
+                    each(result)
+            done = [r for r in results if r.status == "succeeded"]
+            if done and self._parity_due(len(results)):
+                check_feature_parity(self.engine, model, done[-1])
+                self._observe(lambda m: m.observe_parity(done[-1]))
+            self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
+        return results
+
+    def _parity_due(self, cycles: int) -> bool:
+        """A parity check falls in the last `cycles` cycles (the first one after start too)."""
+        every = self.settings.parity_every
+        if every <= 0:
+            return False
+        first = self._cycles_run - cycles
+        return first == 0 or first // every != self._cycles_run // every
 
     def pending_sessions(self) -> list[pd.Timestamp]:
         """Sessions with closes but no positions of the current model version, to catch up.

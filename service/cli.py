@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,27 +91,6 @@ def _summary_lines(service, name: str) -> list[str]:
     ]
 
 
-def _run_and_mark(service, day: pd.Timestamp):
-    """The session's cycle (unless its positions exist already) and the ledger row marked today."""
-    from service import store
-    from service.paper import update_ledger
-
-    model = service.holder.require()
-    done = store.positions_dates(service.engine, model.name, model.version)
-    if day in done:
-        update_ledger(
-            service.engine,
-            model.name,
-            cost_bps=service.settings.cost_bps,
-            calendar=service.calendar,
-        )
-        result = None
-    else:
-        result = service.run_session(day)
-    ledger = store.read_ledger(service.engine, model.name, start=day, end=day)
-    return result, ledger
-
-
 def _ledger_row(ledger: pd.DataFrame):
     if ledger.empty:
         return None
@@ -127,6 +107,7 @@ def _replay(args: argparse.Namespace) -> int:
     from momentum.data import load_prices
     from service import store
     from service.ingest import panel_rows, replay_rows
+    from service.paper import update_ledger
 
     service = _service()
     model = _model(service)
@@ -148,16 +129,41 @@ def _replay(args: argparse.Namespace) -> int:
         f"{model.version} on {model.provider}",
         flush=True,
     )
-    for day, rows in replay_rows(start, args.end, name=service.settings.universe):
-        ingested = service.ingest(rows, source="replay")
-        if not ingested.ok:
-            raise CommandError(f"{day:%Y-%m-%d}: closes rejected: {ingested.rejections[:5]}")
-        result, ledger = _run_and_mark(service, day)
-        row = _ledger_row(ledger)
-        if result is None:
+    # the range's closes in one batch, then its sessions' cycles batched (run_sessions):
+    # features over the range in one pass, inference over many sessions per model call,
+    # each session still stored in its own transaction, in order
+    feed = list(replay_rows(start, args.end, name=service.settings.universe))
+    rows = pd.concat([r for _, r in feed], ignore_index=True)
+    ingested = service.ingest(rows, source="replay")
+    if not ingested.ok:
+        first = ingested.rejections[0]
+        raise CommandError(f"{first.date}: closes rejected: {ingested.rejections[:5]}")
+    days = [day for day, _ in feed]
+    done = set(store.positions_dates(service.engine, model.name, model.version))
+    for day in days:
+        if day in done:
             print(f"{day:%Y-%m-%d} done earlier", flush=True)
-        else:
-            print(_cycle_line(result, row), flush=True)
+
+    def show(result) -> None:
+        ledger = store.read_ledger(service.engine, model.name, start=result.as_of, end=result.as_of)
+        print(_cycle_line(result, _ledger_row(ledger)), flush=True)
+
+    clock = time.perf_counter()
+    todo = [d for d in days if d not in done]
+    service.run_sessions(todo, each=show)
+    if todo:
+        seconds = time.perf_counter() - clock
+        print(
+            f"{len(todo)} sessions in {seconds:.1f} s ({len(todo) / seconds:.1f} sessions/s)",
+            flush=True,
+        )
+    else:
+        update_ledger(
+            service.engine,
+            model.name,
+            cost_bps=service.settings.cost_bps,
+            calendar=service.calendar,
+        )
     for line in _summary_lines(service, model.name):
         print(line)
     return 0
@@ -305,6 +311,7 @@ def _run(args: argparse.Namespace) -> int:
                 service.pending_sessions,
                 settings=settings,
                 misfire_grace_hours=settings.misfire_grace_hours,
+                run_sessions=service.run_sessions,
             )
             scheduler.start()  # catches up pending sessions first
             log.info("next cycle at %s", scheduler.next_fire_time)

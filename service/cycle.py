@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -45,8 +45,10 @@ from momentum.portfolio import (
 from service import store
 from service.live_features import (
     PORTFOLIO_VOL_ROWS,
+    BatchFeatures,
     LiveFeatures,
     SkipSession,
+    batch_features,
     full_features,
     live_features,
     parity_max_abs,
@@ -54,7 +56,14 @@ from service.live_features import (
 )
 from service.model import LoadedModel
 
-__all__ = ["CycleError", "CycleOptions", "CycleResult", "run_cycle"]
+__all__ = [
+    "CycleError",
+    "CycleOptions",
+    "CycleResult",
+    "check_feature_parity",
+    "run_cycle",
+    "run_cycles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,33 @@ def _portfolio_leverage(
     return float(scale) if np.isfinite(scale) else 1.0
 
 
+def _positions_frame(
+    model: LoadedModel,
+    features: Features,
+    row: int,
+    signal: np.ndarray,
+    carried: list[str],
+    options: CycleOptions,
+) -> pd.DataFrame:
+    """Signals of the model at `row` -> the stored positions set (signal, vol, weight, stale)."""
+    # float32 tanh can round to 1 + 1.2e-7; X must lie in [-1, 1] (eq. 1)
+    signal = np.clip(np.asarray(signal, dtype=np.float64), -1.0, 1.0)
+    signal = np.where(tradable(features)[row], signal, np.nan)
+    vol = features.vol[row]
+    weights = target_weights(signal[None], vol[None], options.vol_target)[0]
+    if options.portfolio_vol_target:
+        weights = weights * _portfolio_leverage(model, features, row, options.vol_target)
+    return pd.DataFrame(
+        {
+            "signal": signal,
+            "vol": features.annualised_vol[row],
+            "weight": weights,
+            "stale": [t in carried for t in model.manifest.tickers],
+        },
+        index=pd.Index(model.manifest.tickers, name="ticker"),
+    )
+
+
 def _compute(
     engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp, options: CycleOptions
 ) -> tuple[pd.DataFrame, float, LiveFeatures]:
@@ -135,23 +171,9 @@ def _compute(
         raise CycleError(f"{live.steps} sessions stored; the model needs {lookback}")
     x = contract_inputs(features, np.array([row]), lookback)
     start = time.perf_counter()
-    # float32 tanh can round to 1 + 1.2e-7; X must lie in [-1, 1] (eq. 1)
-    signal = np.clip(model.positions(x)[0].astype(np.float64), -1.0, 1.0)
+    signal = model.positions(x)[0]
     inference = time.perf_counter() - start
-    signal = np.where(tradable(features)[row], signal, np.nan)
-    vol = features.vol[row]
-    weights = target_weights(signal[None], vol[None], options.vol_target)[0]
-    if options.portfolio_vol_target:
-        weights = weights * _portfolio_leverage(model, features, row, options.vol_target)
-    frame = pd.DataFrame(
-        {
-            "signal": signal,
-            "vol": features.annualised_vol[row],
-            "weight": weights,
-            "stale": [t in live.carried for t in model.manifest.tickers],
-        },
-        index=pd.Index(model.manifest.tickers, name="ticker"),
-    )
+    frame = _positions_frame(model, features, row, signal, live.carried, options)
     return frame, inference, live
 
 
@@ -211,16 +233,145 @@ def run_cycle(
         cold_start=live.cold,
     )
     if check_parity:
+        check_feature_parity(engine, model, result)
+    _succeeded(result, notify)
+    return result
+
+
+def run_cycles(
+    engine: sa.Engine,
+    model: LoadedModel,
+    sessions: Iterable[Any],
+    *,
+    options: CycleOptions | None = None,
+    notify: Callable[[CycleResult], None] | None = None,
+) -> Iterator[CycleResult]:
+    """The cycles of several sessions, in date order, batched where the data allows.
+
+    A run of sessions with every close stored (`service.live_features.batch_features`)
+    gets its features in one pass and its positions from one model call per chunk of
+    sessions (the contract's batch axis); each session is then stored in its own
+    transaction, in order, and yielded, so a process killed in the middle leaves whole
+    sessions only. Any other session goes through `run_cycle` alone (stale policy, gaps,
+    too little history): the positions are the ones `run_cycle` stores for each session.
+
+    Yields
+    ------
+    CycleResult
+        One per session, as soon as it is stored.
+    """
+    options = options or CycleOptions()
+    pending = sorted({pd.Timestamp(s).normalize() for s in sessions})
+    lookback = model.manifest.lookback
+    while pending:
         try:
-            result.parity_max_abs = parity_max_abs(live, full_features(engine, model, day))
-        except Exception:
-            log.exception("feature parity check failed for %s", f"{day:%Y-%m-%d}")
+            batch = batch_features(
+                engine,
+                model,
+                pending,
+                portfolio_vol_target=options.portfolio_vol_target,
+                drift_rows=options.drift_rows,
+            )
+        except Exception:  # the session's own cycle records what is wrong
+            log.exception("batched features failed from %s", f"{pending[0]:%Y-%m-%d}")
+            batch = None
+        days = [] if batch is None else [d for d in batch.rows if batch.steps[d] >= lookback]
+        if batch is None or not days or days[0] != pending[0]:
+            yield run_cycle(engine, model, pending.pop(0), options=options, notify=notify)
+            continue
+        done = 0
+        for result in _stored_batch(engine, model, batch, days, options, notify):
+            done += 1
+            yield result
+            if result.status != "succeeded":
+                break
+        pending = pending[done:]
+
+
+def _stored_batch(
+    engine: sa.Engine,
+    model: LoadedModel,
+    batch: BatchFeatures,
+    days: list[pd.Timestamp],
+    options: CycleOptions,
+    notify: Callable[[CycleResult], None] | None,
+) -> Iterator[CycleResult]:
+    """Positions of the batched `days` from one pass of inference, stored one by one."""
+    lookback = model.manifest.lookback
+    rows = np.array([batch.rows[d] for d in days])
+    start = time.perf_counter()
+    signals = predict_rows(model.positions, batch.features, rows, lookback)
+    inference = (time.perf_counter() - start) / len(days)
+    for i, day in enumerate(days):
+        clock = time.perf_counter()
+        run: dict[str, Any] = {
+            "as_of": day,
+            "model_name": model.name,
+            "model_version": model.version,
+            "started_at": datetime.now(UTC),
+        }
+        try:
+            frame = _positions_frame(model, batch.features, int(rows[i]), signals[i], [], options)
+            with store.transaction(engine) as conn:
+                run_id = store.write_cycle(
+                    conn, {**run, "finished_at": datetime.now(UTC), "data_cutoff": day}, frame
+                )
+                if i == len(days) - 1 and batch.settled.as_of == day:
+                    s = batch.settled
+                    store.write_feature_state(
+                        conn, s.key, s.as_of, s.steps, s.state, keep=options.keep_states
+                    )
+        except Exception as err:
+            log.error("cycle %s failed: %s\n%s", f"{day:%Y-%m-%d}", err, traceback.format_exc())
+            yield _unsuccessful(engine, run, "failed", f"{type(err).__name__}: {err}", clock)
+            return
+        row = int(rows[i])
+        result = CycleResult(
+            as_of=day,
+            model_name=model.name,
+            model_version=model.version,
+            status="succeeded",
+            run_id=run_id,
+            data_cutoff=day,
+            seconds=time.perf_counter() - clock + inference,
+            inference_seconds=inference,
+            positions=frame,
+            features=batch.features.slice_dates(max(0, row + 1 - batch.history), row + 1),
+            cold_start=batch.cold and i == 0,
+        )
+        _succeeded(result, notify)
+        yield result
+
+
+def check_feature_parity(engine: sa.Engine, model: LoadedModel, result: CycleResult) -> None:
+    """Set ``result.parity_max_abs``: its features against a recompute on the whole history.
+
+    A failure of the check itself is logged and leaves the figure unset.
+    """
+    if result.features is None:
+        return
+    try:
+        full = full_features(engine, model, result.as_of)
+        result.parity_max_abs = parity_max_abs(result.features, full)
+    except Exception:
+        log.exception("feature parity check failed for %s", f"{result.as_of:%Y-%m-%d}")
+
+
+def _succeeded(result: CycleResult, notify: Callable[[CycleResult], None] | None) -> None:
+    log.info(
+        "cycle %s stored: %s %s, %d assets (%d stale), %.3f s",
+        f"{result.as_of:%Y-%m-%d}",
+        result.model_name,
+        result.model_version,
+        len(result.positions),
+        result.n_stale,
+        result.seconds,
+    )
     if notify is not None:
         try:
             notify(result)
         except Exception:  # a broken subscriber must not undo a stored cycle
-            log.exception("cycle subscriber failed for %s", f"{day:%Y-%m-%d}")
-    return result
+            log.exception("cycle subscriber failed for %s", f"{result.as_of:%Y-%m-%d}")
 
 
 def _unsuccessful(

@@ -39,15 +39,17 @@ import sqlalchemy as sa
 
 from momentum.data import PriceDataError, validate_prices
 from momentum.feature_state import FeatureState, FeatureStateError
-from momentum.features import FEATURES_VERSION, Features, compute_features
+from momentum.features import FEATURES_VERSION, Features, compute_features, concat_rows
 from momentum.manifest import feature_config
 from service import store
 from service.model import LoadedModel
 
 __all__ = [
+    "BatchFeatures",
     "LiveFeatures",
     "SettledState",
     "SkipSession",
+    "batch_features",
     "feature_key",
     "full_features",
     "history_rows",
@@ -90,6 +92,34 @@ class LiveFeatures:
     carried: list[str]
     cold: bool
     settled: SettledState | None = None
+
+
+@dataclass(frozen=True)
+class BatchFeatures:
+    """The features of several sessions computed at once (`batch_features`).
+
+    Attributes
+    ----------
+    features : Features
+        The rows the state kept before the run, then every session of the run.
+    rows : dict
+        Each batched session -> its row in `features`.
+    steps : dict
+        Each batched session -> sessions of history up to and including it.
+    history : int
+        Rows a single cycle would keep (`history_rows`).
+    cold : bool
+        The state was rebuilt from the whole stored history.
+    settled : SettledState
+        The state after the last session of the run.
+    """
+
+    features: Features
+    rows: dict[pd.Timestamp, int]
+    steps: dict[pd.Timestamp, int]
+    history: int
+    cold: bool
+    settled: SettledState
 
 
 @dataclass(frozen=True)
@@ -141,17 +171,8 @@ def live_features(
         The stored closes have a gap training's cleaning refuses.
     """
     tickers = list(model.manifest.tickers)
-    history = history_rows(model, portfolio_vol_target, drift_rows)
-    key = feature_key(model, history)
-    state = _stored_state(engine, key, as_of)
-    cold = state is None
-    if state is None:
-        state = FeatureState.empty(
-            tickers, feature_config(model.manifest.features), history=history
-        )
-    start = None if state.last_date is None else state.last_date + pd.Timedelta(days=1)
-    raw = store.read_closes(engine, start=start, end=as_of, tickers=tickers)
-    raw = raw[raw.notna().any(axis=1)]
+    state, key, cold = _resume(engine, model, as_of, portfolio_vol_target, drift_rows)
+    raw = _closes_after(engine, state, as_of)
     if raw.empty or as_of not in raw.index:
         raise SkipSession(f"no closes stored for {as_of:%Y-%m-%d}")
     filled, settled = state.continue_panel(raw, source="store")
@@ -178,6 +199,49 @@ def live_features(
     )
 
 
+def batch_features(
+    engine: sa.Engine,
+    model: LoadedModel,
+    days: list[pd.Timestamp],
+    *,
+    portfolio_vol_target: bool = False,
+    drift_rows: int = 63,
+) -> BatchFeatures | None:
+    """The features of a run of sessions at once, for a batched replay or catch-up.
+
+    The run is the leading part of `days` (increasing) whose sessions, and every stored
+    session between them, have a close for every asset: then no stale policy or gap
+    cleaning is involved and each session's features are the ones its own cycle would
+    compute. None when `days[0]` is not such a session (its own cycle decides what to do).
+    """
+    state, key, cold = _resume(engine, model, days[0], portfolio_vol_target, drift_rows)
+    raw = _closes_after(engine, state, days[-1])
+    complete = raw.notna().all(axis=1).to_numpy()
+    usable = len(raw) if complete.all() else int(np.argmin(complete))
+    block = raw.iloc[:usable]
+    wanted: list[pd.Timestamp] = []
+    for day in days:  # the leading days of `days` the block covers
+        if day not in block.index:
+            break
+        wanted.append(day)
+    if not wanted:
+        return None
+    block = block.loc[: wanted[-1]]
+    before = state.recent
+    features = concat_rows(before, state.advance(block))
+    first = state.steps - len(block)  # sessions consumed before the block
+    position = {d: block.index.get_loc(d) for d in wanted}
+    assert state.last_date is not None
+    return BatchFeatures(
+        features=features,
+        rows={d: len(before.dates) + int(i) for d, i in position.items()},
+        steps={d: first + int(i) + 1 for d, i in position.items()},
+        history=state.history,
+        cold=cold,
+        settled=SettledState(key, state.last_date, state.steps, state.to_bytes()),
+    )
+
+
 def store_settled(bind: sa.Engine | sa.Connection, live: LiveFeatures, *, keep: int) -> None:
     """Store the settled state of `live` (if any), keeping the newest `keep` of its key."""
     if live.settled is not None:
@@ -193,20 +257,46 @@ def full_features(engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp) ->
     return compute_features(closes, feature_config(model.manifest.features))
 
 
-def parity_max_abs(live: LiveFeatures, full: Features) -> float:
-    """Largest |live - full| over the live rows' features and vol; inf where NaN differs."""
-    rows = len(live.recent.dates)
-    if live.steps != len(full.dates) or not live.recent.dates.equals(full.dates[-rows:]):
+def parity_max_abs(recent: Features, full: Features) -> float:
+    """Largest |recent - full| over the rows of `recent` (features and vol).
+
+    `full` is `full_features` up to the last date of `recent`; +inf when the dates
+    differ or a value is NaN on one side only.
+    """
+    rows = len(recent.dates)
+    if rows == 0 or rows > len(full.dates) or not recent.dates.equals(full.dates[-rows:]):
         return float("inf")
     worst = 0.0
-    for got, want in (
-        (live.recent.values, full.values[-rows:]),
-        (live.recent.vol, full.vol[-rows:]),
-    ):
+    pairs = ((recent.values, full.values[-rows:]), (recent.vol, full.vol[-rows:]))
+    for got, want in pairs:
         if not np.array_equal(np.isnan(got), np.isnan(want)):
             return float("inf")
         worst = max(worst, float(np.nanmax(np.abs(got - want), initial=0.0)))
     return worst
+
+
+def _resume(
+    engine: sa.Engine,
+    model: LoadedModel,
+    as_of: pd.Timestamp,
+    portfolio_vol_target: bool,
+    drift_rows: int,
+) -> tuple[FeatureState, str, bool]:
+    """The newest stored state before `as_of`, or an empty one; its key; whether empty."""
+    history = history_rows(model, portfolio_vol_target, drift_rows)
+    key = feature_key(model, history)
+    state = _stored_state(engine, key, as_of)
+    if state is not None:
+        return state, key, False
+    config = feature_config(model.manifest.features)
+    return FeatureState.empty(model.manifest.tickers, config, history=history), key, True
+
+
+def _closes_after(engine: sa.Engine, state: FeatureState, end: pd.Timestamp) -> pd.DataFrame:
+    """The universe's stored closes after the state's last session up to `end`."""
+    start = None if state.last_date is None else state.last_date + pd.Timedelta(days=1)
+    raw = store.read_closes(engine, start=start, end=end, tickers=list(state.tickers))
+    return raw[raw.notna().any(axis=1)]
 
 
 def _stored_state(engine: sa.Engine, key: str, as_of: pd.Timestamp) -> FeatureState | None:

@@ -354,6 +354,11 @@ class ServiceMetrics:
 
     # -- observations -----------------------------------------------------------------------
 
+    def observe_parity(self, result: CycleResult) -> None:
+        """``momentum_feature_parity_max_abs`` from a cycle that checked it (else unchanged)."""
+        if result.parity_max_abs is not None:
+            self.feature_parity.set(result.parity_max_abs)
+
     def observe_cycle(self, result: CycleResult, *, engine: sa.Engine, model: LoadedModel) -> None:
         """Record one cycle, whatever its outcome.
 
@@ -397,8 +402,7 @@ class ServiceMetrics:
                 self.assets_stale.set(int(served["stale"].sum()))
             return
         self.inference_duration.observe(result.inference_seconds)
-        if result.parity_max_abs is not None:
-            self.feature_parity.set(result.parity_max_abs)
+        self.observe_parity(result)
         if result.cold_start:
             self.feature_state_rebuilds.inc()
         positions = result.positions

@@ -228,6 +228,11 @@ class CycleScheduler:
     clock : callable, optional
         ``clock() -> datetime`` (tz-aware), the current time; default ``datetime.now(UTC)``.
         Used to pick the sessions to catch up and the session a firing is for.
+    run_sessions : callable, optional
+        ``run_sessions(sessions: list[pandas.Timestamp]) -> Any``: runs several sessions in
+        order at once (the service's batched catch-up). Used for a catch-up of more than one
+        session; its exceptions are logged like ``run_session``'s. Default: one
+        ``run_session`` call per session.
 
     Raises
     ------
@@ -246,6 +251,7 @@ class CycleScheduler:
         misfire_grace_hours: float = DEFAULT_MISFIRE_GRACE_HOURS,
         scheduler: BaseScheduler | None = None,
         clock: Callable[[], datetime] | None = None,
+        run_sessions: Callable[[list[pd.Timestamp]], Any] | None = None,
     ) -> None:
         if not callable(run_session):
             raise TypeError("`run_session` must be callable")
@@ -262,6 +268,7 @@ class CycleScheduler:
         self.misfire_grace: timedelta = timedelta(hours=grace_hours)
         self._run_session: Callable[[pd.Timestamp], Any] = run_session
         self._pending_sessions: Callable[[], Iterable[Any]] = pending_sessions
+        self._run_sessions = run_sessions
         self._clock: Callable[[], datetime] = clock if clock is not None else _utc_now
         self.scheduler: BaseScheduler = (
             scheduler if scheduler is not None else self._default_scheduler()
@@ -336,6 +343,16 @@ class CycleScheduler:
                 f"{due[0]:%Y-%m-%d}",
                 f"{due[-1]:%Y-%m-%d}",
             )
+        if len(due) > 1 and self._run_sessions is not None:
+            try:
+                self._run_sessions(due)
+            except Exception:
+                log.exception(
+                    "catch-up %s .. %s failed; the scheduler goes on",
+                    f"{due[0]:%Y-%m-%d}",
+                    f"{due[-1]:%Y-%m-%d}",
+                )
+            return due
         for session in due:
             self._run(session)
         return due

@@ -153,8 +153,11 @@ def test_parity_compares_values_vol_and_missingness():
     prices = PRICES.iloc[:400, :3]
     state = FeatureState.from_prices(prices, history=10)
     full = live_module.compute_features(prices)
-    live = live_module.LiveFeatures(recent=state.recent, steps=400, carried=[], cold=False)
+    live = state.recent
     assert live_module.parity_max_abs(live, full) == 0.0
+    assert live_module.parity_max_abs(live, live_module.compute_features(prices.iloc[:399])) == (
+        float("inf")
+    )
     shifted = full.values.copy()
     shifted[-1, 0, 2] += 3e-9
     other = full.__class__(**{**full.__dict__, "values": shifted})
@@ -166,9 +169,112 @@ def test_parity_compares_values_vol_and_missingness():
     )
 
 
-def _only_state(engine) -> tuple[str, tuple[pd.Timestamp, bytes]]:
+def _only_state(engine, before="2100-01-01") -> tuple[str, tuple[pd.Timestamp, bytes]]:
+    """The one key's newest state before a date."""
     with engine.connect() as conn:
         (key,) = conn.execute(sa.select(store.feature_states.c.key).distinct()).one()
-    found = store.latest_feature_state(engine, key, before="2100-01-01")
+    found = store.latest_feature_state(engine, key, before=before)
     assert found is not None
     return key, found
+
+
+# --------------------------------------------------------------------------------------------
+# batched replay and catch-up
+# --------------------------------------------------------------------------------------------
+
+
+def test_batched_cycles_equal_the_per_session_cycles_position_by_position(
+    sqlite_engine, tmp_path, model
+):
+    from service.cycle import run_cycles
+
+    history, days = PRICES.loc["2019-06-03":"2021-02-26"], PRICES.loc["2021-03-01":"2021-06-30"]
+    _ingest(sqlite_engine, history)
+    _ingest(sqlite_engine, days)
+    # one hole: MSFT has no close on 2021-04-15 (its own cycle applies the stale policy)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            store.closes.delete().where(
+                store.closes.c.date == pd.Timestamp("2021-04-15").date(),
+                store.closes.c.ticker == "MSFT",
+            )
+        )
+    carry = CycleOptions(stale_policy="carry", max_carry_sessions=2)
+    batched = list(run_cycles(sqlite_engine, model, days.index, options=carry))
+    assert [r.as_of for r in batched] == list(days.index)
+    assert all(r.status == "succeeded" for r in batched), [r.error for r in batched]
+    assert batched[0].cold_start and not any(r.cold_start for r in batched[1:])
+    hole = next(r for r in batched if r.as_of == pd.Timestamp("2021-04-15"))
+    assert hole.positions.loc["MSFT", "stale"]
+
+    one_by_one = store.create_engine(f"sqlite:///{tmp_path / 'single.db'}")
+    _ingest(one_by_one, history)
+    for day in days.index:
+        _ingest(one_by_one, PRICES.loc[[day]].drop(columns="MSFT" if day == hole.as_of else []))
+        single = run_cycle(one_by_one, model, day, options=carry)
+        assert single.status == "succeeded", single.error
+        stored = store.latest_positions(one_by_one, model.name, as_of=day)
+        got = store.latest_positions(sqlite_engine, model.name, as_of=day)
+        if day == hole.as_of:  # MSFT's close never came: carried in both
+            pd.testing.assert_frame_equal(got.drop(columns="run_id"), stored.drop(columns="run_id"))
+            continue
+        # the model saw the same float32 windows; batch size changes nothing beyond rounding
+        np.testing.assert_allclose(got["signal"], stored["signal"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got["vol"], stored["vol"])
+        np.testing.assert_allclose(got["weight"], stored["weight"], rtol=0, atol=1e-6)
+    one_by_one.dispose()
+
+
+def test_a_batch_stores_its_sessions_one_transaction_each(sqlite_engine, model, monkeypatch):
+    from service.cycle import run_cycles
+
+    _ingest(sqlite_engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    real = store.write_cycle
+    written: list[pd.Timestamp] = []
+
+    def fail_on_the_fifth(conn, run, frame):
+        if len(written) == 4:
+            raise RuntimeError("injected")
+        written.append(pd.Timestamp(run["as_of"]))
+        return real(conn, run, frame)
+
+    monkeypatch.setattr(store, "write_cycle", fail_on_the_fifth)
+    results = list(run_cycles(sqlite_engine, model, DAYS))
+    # every later session is tried again (and fails here), as a catch-up goes on
+    assert [r.status for r in results] == ["succeeded"] * 4 + ["failed"] * (len(DAYS) - 4)
+    assert store.positions_dates(sqlite_engine, model.name).tolist() == written == list(DAYS[:4])
+    assert _states(sqlite_engine) == []  # the state goes with the batch's last session only
+
+
+def test_the_service_checks_parity_after_a_batched_replay_and_every_n_cycles(
+    served_run, sqlite_engine, clean_env
+):
+    from service.app import SignalService
+    from service.config import load_settings
+    from service.metrics import ServiceMetrics
+
+    settings = load_settings(
+        registry_dir=served_run["registry"],
+        model_name=served_run["name"],
+        device="cpu",
+        parity_every=3,
+    )
+    metrics = ServiceMetrics()
+    service = SignalService(settings, engine=sqlite_engine, metrics=metrics)
+    assert service.ingest(panel_rows(PRICES.loc["2019-06-03":"2021-03-31"])).ok
+    seen = []
+    results = service.run_sessions(DAYS[:-4], each=seen.append)
+    assert [r.as_of for r in seen] == list(DAYS[:-4])
+    assert results[-1].parity_max_abs == 0.0  # the first cycles after start: checked
+    assert metrics.feature_parity._value.get() == 0.0
+    # one cycle at a time: every third one is checked (counts go on from the replay's 19)
+    checked = [service.run_session(d).parity_max_abs is not None for d in DAYS[-4:]]
+    assert len(DAYS) - 4 == 19 and checked == [False, True, False, False]
+    # a tampered state (the one the next cycles resume from): the next check exports it
+    key, (as_of, blob) = _only_state(sqlite_engine, before=DAYS[-1])
+    state = FeatureState.from_bytes(blob)
+    state.arrays["macd"][2, 0, 0, 0] *= 1.5
+    store.write_feature_state(sqlite_engine, key, as_of, state.steps, state.to_bytes())
+    for _ in range(3):
+        service.run_session(DAYS[-1])
+    assert metrics.feature_parity._value.get() > 1e-9

@@ -390,6 +390,31 @@ def test_start_catches_up_pending_sessions_in_order_before_scheduling(clock):
     scheduler.shutdown()
 
 
+def test_a_catch_up_of_several_sessions_is_one_batched_call(clock, caplog):
+    service = FakeService(closes=["2024-07-02", "2024-07-03", "2024-07-05"])
+    batches: list[list[pd.Timestamp]] = []
+
+    def run_sessions(sessions):
+        batches.append(list(sessions))
+        for session in sessions:
+            service.run_session(session)
+
+    scheduler, _ = make(service, clock, run_sessions=run_sessions)
+    clock.now = et(2024, 7, 5, 17)
+    assert scheduler.catch_up() == [day("2024-07-02"), day("2024-07-03"), day("2024-07-05")]
+    assert batches == [[day("2024-07-02"), day("2024-07-03"), day("2024-07-05")]]
+    # one pending session goes through run_session; a failing batch is logged, not raised
+    service.closes.add(day("2024-07-08"))
+    clock.now = et(2024, 7, 8, 17)
+    assert scheduler.catch_up() == [day("2024-07-08")] and len(batches) == 1
+    service.closes |= {day("2024-07-09"), day("2024-07-10")}
+    service.failing.add(day("2024-07-09"))
+    clock.now = et(2024, 7, 10, 17)
+    with caplog.at_level(logging.ERROR, logger="service.scheduler"):
+        assert scheduler.catch_up() == [day("2024-07-09"), day("2024-07-10")]
+    assert "catch-up 2024-07-09 .. 2024-07-10 failed" in caplog.text
+
+
 def test_a_session_due_while_catching_up_fires_at_once(clock):
     service = FakeService(closes=["2024-07-01"])
     scheduler, _ = make(service, clock)
