@@ -106,6 +106,8 @@ class CycleResult:
     cold_start: bool = False
     # largest |incremental - full-history| feature difference, when the cycle checked it
     parity_max_abs: float | None = None
+    # seconds by phase of a single cycle: read, features, inference, weights, write
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_stale(self) -> int:
@@ -174,6 +176,8 @@ def _compute(
     signal = model.positions(x)[0]
     inference = time.perf_counter() - start
     frame = _positions_frame(model, features, row, signal, live.carried, options)
+    live.timings["inference"] = inference
+    live.timings["weights"] = time.perf_counter() - start - inference
     return frame, inference, live
 
 
@@ -208,12 +212,14 @@ def run_cycle(
     }
     try:
         frame, inference, live = _compute(engine, model, day, options)
+        write = time.perf_counter()
         # one transaction: the positions, the run record and the feature state, or nothing
         with store.transaction(engine) as conn:
             run_id = store.write_cycle(
                 conn, {**run, "finished_at": datetime.now(UTC), "data_cutoff": day}, frame
             )
             store_settled(conn, live, keep=options.keep_states)
+        live.timings["write"] = time.perf_counter() - write
     except SkipSession as err:
         return _unsuccessful(engine, run, "skipped", str(err), clock)
     except Exception as err:
@@ -231,6 +237,7 @@ def run_cycle(
         positions=frame,
         features=live.recent,
         cold_start=live.cold,
+        phases=dict(live.timings),
     )
     if check_parity:
         check_feature_parity(engine, model, result)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -92,6 +93,9 @@ class LiveFeatures:
     carried: list[str]
     cold: bool
     settled: SettledState | None = None
+    # seconds spent reading (stored state, closes) and computing (cleaning, advancing,
+    # serialising the settled state)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,10 +175,13 @@ def live_features(
         The stored closes have a gap training's cleaning refuses.
     """
     tickers = list(model.manifest.tickers)
+    clock = time.perf_counter()
     state, key, cold = _resume(engine, model, as_of, portfolio_vol_target, drift_rows)
     raw = _closes_after(engine, state, as_of)
+    read = time.perf_counter() - clock
     if raw.empty or as_of not in raw.index:
         raise SkipSession(f"no closes stored for {as_of:%Y-%m-%d}")
+    clock = time.perf_counter()
     filled, settled = state.continue_panel(raw, source="store")
     never = [t for j, t in enumerate(tickers) if _never_closed(state, filled, j)]
     if never:
@@ -195,7 +202,12 @@ def live_features(
     if settled < len(filled):
         state.advance(filled.iloc[settled:])  # carried or still-open sessions: not stored
     return LiveFeatures(
-        recent=state.recent, steps=state.steps, carried=carried, cold=cold, settled=to_store
+        recent=state.recent,
+        steps=state.steps,
+        carried=carried,
+        cold=cold,
+        settled=to_store,
+        timings={"read": read, "features": time.perf_counter() - clock},
     )
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from momentum.contract import INPUT_NAME, OUTPUT_NAME
+from momentum.contract import INPUT_NAME, MAX_WINDOWS, OUTPUT_NAME
 from momentum.manifest import OutputSpec, sha256_file
 from training.datasets import positions_of
 from training.models import get_spec
@@ -53,12 +53,28 @@ __all__ = [
     "ExportedGraph",
     "export_onnx",
     "onnx_session",
+    "parity_batches_for",
     "serving_module",
 ]
 
 OPSET = 18
 PARITY_BATCHES = (1, 256)
 PARITY_TOLERANCE = 1e-5
+
+
+def parity_batches_for(n_assets: int, batches: Sequence[int] = PARITY_BATCHES) -> tuple[int, ...]:
+    """The parity check's batch sizes for a universe: each capped so batch x assets stays
+    within `momentum.contract.MAX_WINDOWS` windows (at least 2, so the batch axis is still
+    exercised beyond 1).
+
+    256 x 3,103 assets would be 794,000 sequences: the check alone (and the float64 copy
+    of the model it runs for the rounding estimate) once went past 23 GB at 500 assets.
+
+    >>> parity_batches_for(20), parity_batches_for(3103)
+    ((1, 256), (1, 2))
+    """
+    cap = max(2, MAX_WINDOWS // max(1, n_assets))
+    return tuple(sorted({b if b <= 1 else min(b, cap) for b in batches}))
 
 _POSITIONS = OutputSpec(
     name=OUTPUT_NAME,
@@ -247,7 +263,7 @@ def export_onnx(
     lookback: int,
     n_features: int,
     path: str | Path,
-    parity_batches: Sequence[int] = PARITY_BATCHES,
+    parity_batches: Sequence[int] | None = None,
     opset: int = OPSET,
     seed: int = 0,
 ) -> ExportedGraph:
@@ -263,8 +279,9 @@ def export_onnx(
         The fixed axes of the contract input (the batch axis stays symbolic).
     path : str or Path
         Output file; one self-contained ONNX file.
-    parity_batches : sequence of int
-        Batch sizes of the torch-vs-onnxruntime check on random inputs.
+    parity_batches : sequence of int, optional
+        Batch sizes of the torch-vs-onnxruntime check on random inputs; default
+        `parity_batches_for` the universe (1 and up to 256, bounded in windows).
 
     Raises
     ------
@@ -308,7 +325,7 @@ def export_onnx(
         raise ExportError(f"{path}: outputs {names}, expected {[o.name for o in outputs]}")
     differences = {}
     tolerance = PARITY_TOLERANCE
-    for batch in parity_batches:
+    for batch in parity_batches or parity_batches_for(n_assets):
         x = torch.randn(batch, n_assets, lookback, n_features, generator=generator)
         tolerance = max(tolerance, 4 * float32_rounding(wrapper, x))
         positions, extras = parity(wrapper, session, x)

@@ -14,7 +14,13 @@ from momentum.features import compute_features
 from momentum.registry import list_versions, load_version, production_version
 from training.cli import main
 from training.datasets import ModelData
-from training.export import PARITY_TOLERANCE, export_onnx, onnx_session, serving_module
+from training.export import (
+    PARITY_TOLERANCE,
+    export_onnx,
+    onnx_session,
+    parity_batches_for,
+    serving_module,
+)
 from training.models import REGISTRY
 from training.train import TrainConfig, layout_for
 
@@ -30,6 +36,32 @@ def _tiny(name):
 
 def _lookback(spec, config):
     return config.lookback if spec.layout == "spatiotemporal" else LOOKBACK
+
+
+def test_the_parity_batch_is_bounded_in_windows_for_wide_universes():
+    from momentum.contract import MAX_WINDOWS
+
+    assert parity_batches_for(20) == (1, 256)
+    assert parity_batches_for(500) == (1, MAX_WINDOWS // 500)
+    assert parity_batches_for(3103) == (1, 2)  # still above 1: the batch axis is exercised
+    assert parity_batches_for(100_000) == (1, 2)
+    assert all(b * 3103 <= MAX_WINDOWS for b in parity_batches_for(3103))
+
+
+def test_a_wide_universe_exports_with_a_bounded_parity_batch(tmp_path):
+    spec = REGISTRY["dmn"]
+    torch.manual_seed(0)
+    config = spec.tiny()
+    graph = export_onnx(
+        "dmn",
+        spec.build(config).eval(),
+        n_assets=3000,
+        lookback=LOOKBACK,
+        n_features=config.n_features,
+        path=tmp_path / "m.onnx",
+    )
+    assert set(graph.parity_max_abs_diff) == {"1", "2"}
+    assert max(graph.parity_max_abs_diff.values()) <= PARITY_TOLERANCE
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
