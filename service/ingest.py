@@ -186,7 +186,9 @@ def ingest_closes(
     if len(batch) == 0:
         return IngestResult(0, 0, 0, [])
 
-    reasons: list[list[str]] = [[] for _ in range(len(batch))]
+    # row -> its problems, for bad rows only: every check finds its rows with array
+    # operations and writes messages for those alone (a bulk load is millions of rows)
+    reasons: dict[int, list[str]] = {}
     _check_tickers(batch, allowed, reasons)
     _check_dates(batch, cal, day, reasons)
     _check_closes(batch, reasons)
@@ -195,7 +197,8 @@ def ingest_closes(
     with store.transaction(engine) as conn:
         # The stored closes are read inside the write transaction, so the conflict check and
         # the write see the same table.
-        candidates = ~repeat & np.array([not r for r in reasons])
+        candidates = ~repeat
+        candidates[list(reasons)] = False
         stored = np.full(len(batch), np.nan)
         if candidates.any():
             stored[candidates] = store.stored_closes(conn, batch.loc[candidates]).to_numpy()
@@ -204,21 +207,20 @@ def ingest_closes(
         differs = has_stored & ~_same(closes, stored)
         if not correction:
             for i in np.flatnonzero(differs).tolist():
-                reasons[i].append(
+                reasons.setdefault(i, []).append(
                     f"conflicts with the stored close {float(stored[i])!r} (got "
                     f"{float(closes[i])!r}); send it with the correction flag to overwrite"
                 )
         dates = pd.DatetimeIndex(batch["date"])
-        tickers = [str(t) for t in batch["ticker"]]
+        tickers = batch["ticker"].to_numpy()
         rejections = [
             Rejection(
                 row=i + 1,
                 date=None if dates[i] is pd.NaT else dates[i],
-                ticker=tickers[i] or None,
-                reason="; ".join(r),
+                ticker=str(tickers[i]) or None,
+                reason="; ".join(reasons[i]),
             )
-            for i, r in enumerate(reasons)
-            if r
+            for i in sorted(reasons)
         ]
         if rejections:
             log.warning("rejected a batch of %d closes: %d bad rows", len(batch), len(rejections))
@@ -271,16 +273,26 @@ def _normalise(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "date": _parse_dates(raw_dates),
-            "ticker": [_text(t) for t in raw_tickers],
+            "ticker": _per_value(raw_tickers, _text, "", object),
             "close": pd.to_numeric(raw_closes, errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan
             )
             if not pd.api.types.is_bool_dtype(raw_closes)
             else np.full(len(rows), np.nan),
-            "raw_date": raw_dates.to_numpy(dtype=object),
-            "raw_close": raw_closes.to_numpy(dtype=object),
+            "raw_date": raw_dates.to_numpy(),
+            "raw_close": raw_closes.to_numpy(),
         }
     )
+
+
+def _per_value(column: pd.Series, parse: Any, missing: Any, dtype: Any) -> np.ndarray:
+    """``parse`` of every cell, computed once per distinct value (``missing`` for NA cells)."""
+    try:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    except TypeError:  # unhashable cells: one by one
+        return np.array([parse(v) for v in column], dtype=dtype)
+    parsed = np.array([parse(v) for v in uniques] + [missing], dtype=dtype)
+    return parsed[codes]  # code -1 (NA) takes the last entry
 
 
 def _parse_dates(raw: pd.Series) -> pd.DatetimeIndex:
@@ -290,7 +302,8 @@ def _parse_dates(raw: pd.Series) -> pd.DatetimeIndex:
         if index.tz is not None:
             index = index.tz_localize(None)
         return index.normalize()
-    return pd.DatetimeIndex([_one_date(v) for v in raw]).normalize()
+    stamps = _per_value(raw, _one_date, None, object)
+    return pd.DatetimeIndex(stamps).normalize()
 
 
 def _one_date(value: Any) -> pd.Timestamp | None:
@@ -323,62 +336,106 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _check_tickers(batch: pd.DataFrame, allowed: frozenset[str], reasons: list[list[str]]) -> None:
-    for i, ticker in enumerate(batch["ticker"]):
-        if not ticker:
-            reasons[i].append("ticker is missing")
-        elif ticker not in allowed:
-            reasons[i].append(f"unknown ticker {ticker!r} (not in the universe)")
+def _add(reasons: dict[int, list[str]], rows: np.ndarray, message: Any) -> None:
+    """Append ``message(i)`` (or the string itself) to the reasons of each row in ``rows``."""
+    for i in rows.tolist():
+        reasons.setdefault(i, []).append(message(i) if callable(message) else message)
+
+
+def _check_tickers(
+    batch: pd.DataFrame, allowed: frozenset[str], reasons: dict[int, list[str]]
+) -> None:
+    tickers = batch["ticker"].to_numpy(dtype=object)
+    codes, uniques = pd.factorize(tickers)
+    bad = {k: t for k, t in enumerate(uniques) if not t or t not in allowed}
+    if not bad:
+        return
+    for i in np.flatnonzero(np.isin(codes, list(bad))).tolist():
+        ticker = bad[codes[i]]
+        reasons.setdefault(i, []).append(
+            "ticker is missing"
+            if not ticker
+            else f"unknown ticker {ticker!r} (not in the universe)"
+        )
 
 
 def _check_dates(
     batch: pd.DataFrame,
     cal: xcals.ExchangeCalendar,
     today: pd.Timestamp,
-    reasons: list[list[str]],
+    reasons: dict[int, list[str]],
 ) -> None:
     dates = pd.DatetimeIndex(batch["date"])
     first, last = cal.first_session, cal.last_session
-    known = dates.notna() & (dates >= first) & (dates <= last) & (dates <= today)
+    missing = np.asarray(dates.isna())
+    future = ~missing & np.asarray(dates > today)
+    outside = ~missing & ~future & np.asarray((dates < first) | (dates > last))
+    known = ~missing & ~future & ~outside
     sessions = pd.DatetimeIndex([])
     if known.any():
         sessions = sessions_between(cal, dates[known].min(), dates[known].max())
-    is_session = dates.isin(sessions)
-    for i, date in enumerate(dates):
-        if date is pd.NaT:
-            raw: Any = batch["raw_date"].iat[i]
-            missing = _is_missing(raw) or (isinstance(raw, float) and math.isnan(raw))
-            reasons[i].append(
-                "date is missing" if missing else f"cannot parse date {raw!r} (use YYYY-MM-DD)"
-            )
-        elif date > today:
-            reasons[i].append(
-                f"date {date:%Y-%m-%d} is in the future (today is {today:%Y-%m-%d} in {cal.tz})"
-            )
-        elif date < first or date > last:
-            reasons[i].append(
-                f"date {date:%Y-%m-%d} is outside the {cal.name} calendar "
-                f"({first:%Y-%m-%d} .. {last:%Y-%m-%d})"
-            )
-        elif not is_session[i]:
-            reasons[i].append(
-                f"date {date:%Y-%m-%d} ({date:%A}) is not a session of the {cal.name} calendar"
-            )
+    not_session = known & ~np.asarray(dates.isin(sessions))
+    raw_dates = batch["raw_date"].to_numpy()
+
+    def unparsed(i: int) -> str:
+        raw: Any = raw_dates[i]
+        blank = _is_missing(raw) or (isinstance(raw, float) and math.isnan(raw))
+        return "date is missing" if blank else f"cannot parse date {raw!r} (use YYYY-MM-DD)"
+
+    # one branch per row, in this order (a row gets at most one date problem)
+    _add(reasons, np.flatnonzero(missing), unparsed)
+    _add(
+        reasons,
+        np.flatnonzero(future),
+        lambda i: (
+            f"date {dates[i]:%Y-%m-%d} is in the future (today is {today:%Y-%m-%d} in {cal.tz})"
+        ),
+    )
+    _add(
+        reasons,
+        np.flatnonzero(outside),
+        lambda i: (
+            f"date {dates[i]:%Y-%m-%d} is outside the {cal.name} calendar "
+            f"({first:%Y-%m-%d} .. {last:%Y-%m-%d})"
+        ),
+    )
+    _add(
+        reasons,
+        np.flatnonzero(not_session),
+        lambda i: (
+            f"date {dates[i]:%Y-%m-%d} ({dates[i]:%A}) is not a session of the {cal.name} calendar"
+        ),
+    )
 
 
-def _check_closes(batch: pd.DataFrame, reasons: list[list[str]]) -> None:
-    for i, (close, raw) in enumerate(zip(batch["close"], batch["raw_close"], strict=True)):
+def _check_closes(batch: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
+    closes = batch["close"].to_numpy()
+    raws = batch["raw_close"].to_numpy()
+    if raws.dtype.kind in "fiu":
+        # numbers throughout: nothing is missing or text, only non-finite or non-positive
+        with np.errstate(invalid="ignore"):
+            finite, positive = np.isfinite(closes), closes > 0
+        _add(
+            reasons, np.flatnonzero(~finite), lambda i: f"close {float(closes[i])!r} is not finite"
+        )
+        _add(
+            reasons,
+            np.flatnonzero(finite & ~positive),
+            lambda i: f"close {float(closes[i])!r} is not positive",
+        )
+        return
+    for i, (close, raw) in enumerate(zip(closes.tolist(), raws, strict=True)):
         if _is_missing(raw):
-            reasons[i].append("close is missing")
+            reasons.setdefault(i, []).append("close is missing")
         elif math.isnan(close) and not isinstance(raw, float | np.floating):
-            reasons[i].append(f"close {raw!r} is not a number")
+            reasons.setdefault(i, []).append(f"close {raw!r} is not a number")
         elif not math.isfinite(close):
-            reasons[i].append(f"close {close!r} is not finite")
+            reasons.setdefault(i, []).append(f"close {close!r} is not finite")
         elif close <= 0:
-            reasons[i].append(f"close {close!r} is not positive")
+            reasons.setdefault(i, []).append(f"close {close!r} is not positive")
 
 
-def _check_duplicates(batch: pd.DataFrame, reasons: list[list[str]]) -> np.ndarray:
+def _check_duplicates(batch: pd.DataFrame, reasons: dict[int, list[str]]) -> np.ndarray:
     """Reject (date, ticker) pairs sent twice with different closes; flag identical copies.
 
     Returns
@@ -387,12 +444,14 @@ def _check_duplicates(batch: pd.DataFrame, reasons: list[list[str]]) -> np.ndarr
         Shape ``(n_rows,)``, bool: the row repeats an earlier identical row (a no-op).
     """
     repeat = np.zeros(len(batch), dtype=bool)
-    keyed = np.flatnonzero((batch["date"].notna() & (batch["ticker"] != "")).to_numpy())
+    keyed_rows = (batch["date"].notna() & (batch["ticker"] != "")).to_numpy()
+    twice = batch.duplicated(["date", "ticker"], keep=False).to_numpy() & keyed_rows
+    if not twice.any():
+        return repeat
+    keyed = np.flatnonzero(twice)
     groups = batch.iloc[keyed].groupby(["date", "ticker"], sort=False).indices
     closes = batch["close"].to_numpy()
     for positions in groups.values():
-        if len(positions) < 2:
-            continue
         members = keyed[positions]  # positions in the batch, increasing
         first = members[0]
         if np.all(_same(closes[members], np.full(len(members), closes[first]))):
@@ -401,8 +460,8 @@ def _check_duplicates(batch: pd.DataFrame, reasons: list[list[str]]) -> np.ndarr
         rows = ", ".join(str(i + 1) for i in members[:_MAX_SHOWN])
         values = ", ".join(repr(float(closes[i])) for i in members[:_MAX_SHOWN])
         more = ", ..." if len(members) > _MAX_SHOWN else ""
-        for i in members:
-            reasons[i].append(
+        for i in members.tolist():
+            reasons.setdefault(i, []).append(
                 f"the batch gives different closes for this date and ticker "
                 f"(rows {rows}{more}: {values}{more})"
             )

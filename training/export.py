@@ -76,6 +76,7 @@ def parity_batches_for(n_assets: int, batches: Sequence[int] = PARITY_BATCHES) -
     cap = max(2, MAX_WINDOWS // max(1, n_assets))
     return tuple(sorted({b if b <= 1 else min(b, cap) for b in batches}))
 
+
 _POSITIONS = OutputSpec(
     name=OUTPUT_NAME,
     shape=["batch", "n_assets"],

@@ -453,3 +453,27 @@ def test_ledger_refuses_non_finite_values(engine):
     with pytest.raises(ValueError, match="missing cost"):
         store.write_ledger_row(engine, {"date": D1, "model_name": "slp", "gross_return": 0.0})
     assert store.read_ledger(engine, "slp").empty
+
+
+def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine):
+    # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
+    tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
+    dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
+    rng = np.random.default_rng(3)
+    values = np.exp(rng.normal(0, 3, size=(len(dates), len(tickers)))) * (1 + 1 / 3)
+    values[5, 2] = np.nan  # a missing close stays missing
+    panel = pd.DataFrame(values, index=dates, columns=tickers)
+    rows = panel.stack().rename("close").reset_index()
+    rows.columns = ["date", "ticker", "close"]
+    rows = rows.dropna()
+    stamp = datetime(2022, 3, 1, 21, 5, 7, 123456, tzinfo=UTC)
+    assert store.insert_closes(engine, rows, source="bulk-ÿ", ingested_at=stamp) == len(rows)
+    back = store.read_closes(engine)
+    pd.testing.assert_frame_equal(back, panel.rename_axis(index="date", columns="ticker"))
+    with engine.connect() as conn:
+        meta = conn.execute(sa.select(store.closes.c.source, store.closes.c.ingested_at)).all()
+    assert {m.source for m in meta} == {"bulk-ÿ"} and {m.ingested_at for m in meta} == {stamp}
+    # the vectorised lookup finds each stored close, NaN for the rest
+    probe = pd.DataFrame({"date": [dates[1], dates[5], dates[7]], "ticker": ["DÉJÀ", "CCC", "ZZZ"]})
+    found = store.stored_closes(engine, probe)
+    assert found.iloc[0] == values[1, 3] and np.isnan(found.iloc[1]) and np.isnan(found.iloc[2])
