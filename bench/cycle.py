@@ -1,7 +1,7 @@
 """Measure the live path at a universe size: ingest, cycles, cold start, replay, export.
 
     python bench/cycle.py [--assets 20,500,3103] [--sessions 5000] [--replay 249]
-        [--warm 5] [--export-models dmn] [--trials 1] [--epochs 1]
+        [--warm 5] [--export-models dmn] [--reuse] [--trials 1] [--epochs 1]
         [--database-url URL] [--out runs/bench-cycle]
 
 For each universe size N (each in a process of its own, so that its peak RSS is
@@ -183,6 +183,10 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
         )
         if code == 0 and name is None:
             name = f"bench-{model}"
+    if name is None and args.reuse:
+        found = sorted(p.name for p in registry.glob("bench-*") if p.is_dir())
+        name = found[0] if found else None
+        print(f"reusing {name} from {registry} (no export timed)")
     if name is None:
         print("no model exported: no cycle figures")
         return
@@ -253,6 +257,9 @@ def main() -> int:
     parser.add_argument("--replay", type=int, default=249, help="sessions replayed batched")
     parser.add_argument("--warm", type=int, default=5, help="warm cycles timed one by one")
     parser.add_argument("--export-models", default="dmn", help="comma-separated; first serves")
+    parser.add_argument(
+        "--reuse", action="store_true", help="serve a model an earlier run exported (no export)"
+    )
     parser.add_argument("--trials", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")

@@ -645,15 +645,20 @@ def _executemany_closes(
     source: str,
     stamp: datetime,
 ) -> None:
-    """SQLite: one executemany of plain tuples, values as the column types store them."""
+    """SQLite: one executemany of plain tuples, values as the column types store them.
+
+    Dates and times go in as the text sqlite3's default adapters would make of them (what
+    SQLAlchemy's SQLite types hand to sqlite3), computed once per distinct value instead of
+    once per row.
+    """
     date_type, time_type = closes.c.date.type, closes.c.ingested_at.type
-    to_date = date_type.bind_processor(conn.dialect) or (lambda v: v)
-    to_time = time_type.bind_processor(conn.dialect) or (lambda v: v)
+    to_date = date_type.bind_processor(conn.dialect) or _sqlite_text
+    to_time = time_type.bind_processor(conn.dialect)
     unique, codes = np.unique(days, return_inverse=True)
     texts = np.array(
         [to_date((_EPOCH + pd.Timedelta(days=int(d))).date()) for d in unique], dtype=object
     )[codes]
-    stored_at = to_time(stamp)
+    stored_at = _sqlite_text(to_time(stamp) if to_time is not None else stamp)
     sql = f"INSERT INTO closes ({', '.join(_CLOSE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
     size = len(values)
     conn.exec_driver_sql(
@@ -662,6 +667,16 @@ def _executemany_closes(
             zip(texts, tickers, values.tolist(), [source] * size, [stored_at] * size, strict=True)
         ),
     )
+
+
+def _sqlite_text(value: Any) -> Any:
+    """sqlite3's default adaptation of a date or datetime (``isoformat``, a space before the
+    time); anything else as it is."""
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def _copy_closes(
