@@ -16,15 +16,17 @@ The state is a dict of float64 arrays, asset first:
 ``macd``      (N, P, 2, 2)           fast and slow price EWM states per MACD pair
 ``roll``      (N, 1 + P, 4)          63-day price std, then each pair's 252-day std
 ``prev``      (N,)                   the previous winsorised close
-``p_ring``    (N, max(k, 63) + 1)    recent winsorised closes (k-day returns, std)
-``q_ring``    (N, P, 253)            recent MACD ratios q per pair
+``p_ring``    (N, 256)               recent winsorised closes (k-day returns, std)
+``q_ring``    (N, P, 256)            recent MACD ratios q per pair
 ``x_roll``    (N, R, 4)              realised-vol stds (extended set)
 ``pair``      (N, B + C + A, 8)      beta, CTI and alpha window co-moments (extended)
-``*_ring``    (N, max window + 1)    returns r, index returns m, log p, step clock
+``*_ring``    (N, 256)               returns r, index returns m, log p, step clock
 ============  =====================  ==============================================
 
-Rings are indexed by the session's step number modulo their length, so the
-state also needs the number of sessions consumed (the caller's ``t0``).
+Rings (a power of two long, at least one more than their longest window) are
+indexed by the session's step number modulo their length, and rolling sums are
+re-anchored at steps fixed by that number, so the state also needs the number
+of sessions consumed (the caller's ``t0``).
 """
 
 from __future__ import annotations
@@ -65,26 +67,29 @@ def _extended_ring(config: FeatureConfig) -> int:
         *config.cti_windows,
         *config.alpha_windows,
     )
-    return max(windows) + 1
+    return ts.ring_size(max(windows))
 
 
 def empty_state(config: FeatureConfig, n_assets: int) -> dict[str, np.ndarray]:
     """The state before any session: every recursion unstarted, every ring empty (NaN)."""
     n, pairs = n_assets, len(config.macd_pairs)
-    p_ring = max(max(config.return_horizons), config.macd_price_std_window) + 1
+    p_ring = ts.ring_size(max(max(config.return_horizons), config.macd_price_std_window))
+    rolls = [config.macd_price_std_window] + [config.macd_signal_std_window] * pairs
     state = {
         "ewm": np.tile(ts.ewm_mean_std_state(), (n, 2, 1)),
         "macd": np.tile(ts.ewm_mean_state(), (n, pairs, 2, 1)),
-        "roll": np.zeros((n, 1 + pairs, ts.ROLLING_STATE)),
+        "roll": np.tile([ts.rolling_state(w) for w in rolls], (n, 1, 1)),
         "prev": np.full(n, np.nan),
         "p_ring": np.full((n, p_ring), np.nan),
-        "q_ring": np.full((n, pairs, config.macd_signal_std_window + 1), np.nan),
+        "q_ring": np.full((n, pairs, ts.ring_size(config.macd_signal_std_window)), np.nan),
     }
     if config.extended:
-        n_pairs = len(config.beta_windows) + len(config.cti_windows) + len(config.alpha_windows)
+        pair_windows = (*config.beta_windows, *config.cti_windows, *config.alpha_windows)
         ring = _extended_ring(config)
-        state["x_roll"] = np.zeros((n, len(config.realised_vol_windows), ts.ROLLING_STATE))
-        state["pair"] = np.zeros((n, n_pairs, ts.COMOMENT_STATE))
+        state["x_roll"] = np.tile(
+            [ts.rolling_state(w) for w in config.realised_vol_windows], (n, 1, 1)
+        )
+        state["pair"] = np.tile([ts.comoment_state(w) for w in pair_windows], (n, 1, 1))
         for name in ("r_ring", "m_ring", "y_ring", "c_ring"):
             state[name] = np.full((n, ring), np.nan)
     else:
@@ -215,7 +220,9 @@ def _advance_kernel(
     b_len, n = closes.shape
     n_h, n_p = horizons.size, macd_decays.shape[0]
     n_rv, n_b, n_c = rvol_windows.size, beta_windows.size, cti_windows.size
+    # ring lengths are powers of two: a step's slot is `t & (length - 1)`
     lp, lq, le = p_ring.shape[1], q_ring.shape[2], r_ring.shape[1]
+    mp, mq, me = lp - 1, lq - 1, le - 1
     annual = np.sqrt(TRADING_DAYS)
     for j in numba.prange(n):
         # this asset's state, as views taken once
@@ -239,11 +246,11 @@ def _advance_kernel(
             returns[b, j] = r
             vol[b, j] = v
             # vol-normalised returns over k sessions
-            prices[t % lp] = p
+            prices[t & mp] = p
             for h in range(n_h):
                 k = horizons[h]
                 if t >= k:
-                    values[b, j, h] = (p / prices[(t - k) % lp] - 1.0) / (v * np.sqrt(k))
+                    values[b, j, h] = (p / prices[(t - k) & mp] - 1.0) / (v * np.sqrt(k))
                 else:
                     values[b, j, h] = np.nan
             # MACD: (fast - slow EWMA) / 63-day price std, then / its own 252-day std
@@ -252,14 +259,14 @@ def _advance_kernel(
                 fast = ts.ewm_mean_step(macd[j, k, 0], p, macd_decays[k, 0])
                 slow = ts.ewm_mean_step(macd[j, k, 1], p, macd_decays[k, 1])
                 q = (fast - slow) / price_std if price_std > 0.0 else np.nan
-                q_ring[j, k, t % lq] = q
+                q_ring[j, k, t & mq] = q
                 q_std = ts.rolling_std_step(roll[j, 1 + k], q_ring[j, k], t, signal_window)
                 values[b, j, n_h + k] = q / q_std if q_std > 0.0 else np.nan
             if le == 0:
                 continue
             # Boutier (2023) cross-sectional equity features
             col = n_h + n_p
-            slot = t % le
+            slot = t & me
             r_ring[j, slot] = r
             m_ring[j, slot] = market[b]
             y_ring[j, slot] = np.log(p)

@@ -41,6 +41,8 @@ __all__ = [
     "ewm_mean_std_1d",
     "ewm_std",
     "rolling_std",
+    "comoment_state",
+    "ring_size",
     "rolling_state",
     "rolling_std_1d",
     "rolling_std_step",
@@ -77,8 +79,16 @@ def _as_panel(x: np.ndarray, name: str) -> np.ndarray:
 
 EWM_MEAN_STATE = 2  # mean, total weight
 EWM_MEAN_STD_STATE = 5  # mean, weighted variance, sum of weights, sum of squared weights, count
-ROLLING_STATE = 4  # anchor, sum of deviations, sum of squared deviations, run length
-COMOMENT_STATE = 8  # run length, anchor x, anchor y, sums of dx, dy, dx^2, dy^2, dx*dy
+# anchor, sum of deviations, sum of squared deviations, run length, next re-anchoring step
+ROLLING_STATE = 5
+# run length, anchor x, anchor y, sums of dx, dy, dx^2, dy^2, dx*dy, next re-anchoring step
+COMOMENT_STATE = 9
+
+
+def ring_size(window: int) -> int:
+    """Length of a ring buffer for a window: a power of two (indexed by ``step & (size - 1)``)
+    holding at least ``window + 1`` values."""
+    return 1 << int(window).bit_length()
 
 
 def ewm_mean_state() -> np.ndarray:
@@ -91,9 +101,18 @@ def ewm_mean_std_state() -> np.ndarray:
     return np.array([np.nan, 0.0, 0.0, 0.0, 0.0])
 
 
-def rolling_state() -> np.ndarray:
-    """The state of `rolling_std_step` before any observation."""
-    return np.zeros(ROLLING_STATE)
+def rolling_state(window: int) -> np.ndarray:
+    """The state of `rolling_std_step` over `window` values before any observation."""
+    state = np.zeros(ROLLING_STATE)
+    state[4] = window - 1  # windows are re-anchored at steps window - 1, 2 window - 1, ...
+    return state
+
+
+def comoment_state(window: int) -> np.ndarray:
+    """The state of `comoment_step` over `window` pairs before any observation."""
+    state = np.zeros(COMOMENT_STATE)
+    state[8] = window - 1
+    return state
 
 
 @numba.njit(cache=True)
@@ -138,28 +157,39 @@ def ewm_mean_std_step(
 
 
 @numba.njit(cache=True)
+def _anchoring(state: np.ndarray, slot: int, t: int, window: int) -> bool:  # pragma: no cover
+    """Whether step ``t`` is a re-anchoring step (``t = window - 1 + i * window``)."""
+    if t < state[slot]:
+        return False
+    state[slot] += window
+    return True
+
+
+@numba.njit(cache=True)
 def rolling_std_step(
     state: np.ndarray, ring: np.ndarray, t: int, window: int
 ) -> float:  # pragma: no cover
     """Sample std of the last ``window`` values at step ``t`` (NaN unless all observed).
 
-    ``ring`` holds the series: ``ring[u % ring.size]`` is its value at step u, for
-    at least the last ``window + 1`` steps, the one at ``t`` already written.
+    ``ring`` holds the series: ``ring[u & (ring.size - 1)]`` is its value at step u
+    (`ring_size`: a power of two, at least ``window + 1``), the one at ``t`` already
+    written. The step must be called at every step t = 0, 1, 2, ... (NaN included).
     """
     # sums of (x - anchor) over the window; re-anchored and recomputed exactly every
     # `window` steps (at steps fixed by t, so a resumed state re-anchors where a full
     # pass does) so rounding cannot pile up
-    size = ring.size
-    value = ring[t % size]
+    mask = ring.size - 1
+    anchoring = _anchoring(state, 4, t, window)
+    value = ring[t & mask]
     if value != value:
         state[3] = 0.0
         return np.nan
     anchor, s1, s2, run = state[0], state[1], state[2], state[3] + 1.0
-    if run == 1.0 or (run >= window and (t - window + 1) % window == 0):
+    if run == 1.0 or (run >= window and anchoring):
         first = t - int(min(run, window)) + 1
-        anchor, s1, s2 = ring[first % size], 0.0, 0.0
+        anchor, s1, s2 = ring[first & mask], 0.0, 0.0
         for u in range(first, t + 1):
-            dev = ring[u % size] - anchor
+            dev = ring[u & mask] - anchor
             s1 += dev
             s2 += dev * dev
     else:
@@ -167,7 +197,7 @@ def rolling_std_step(
         s1 += dev
         s2 += dev * dev
         if run > window:
-            old = ring[(t - window) % size] - anchor
+            old = ring[(t - window) & mask] - anchor
             s1 -= old
             s2 -= old * old
     state[0], state[1], state[2], state[3] = anchor, s1, s2, run
@@ -184,29 +214,30 @@ def comoment_step(
 
     The state then holds, over the last ``window`` steps, the sums of
     ``dx = x - anchor_x``, ``dy``, ``dx^2``, ``dy^2`` and ``dx * dy`` (see
-    `comoment_sums`). Rings as in `rolling_std_step`; a pair counts as observed
-    when both values are.
+    `comoment_sums`). Rings and calls as in `rolling_std_step`; a pair counts as
+    observed when both values are.
     """
-    size = ring_x.size
-    x, y = ring_x[t % size], ring_y[t % size]
+    mask = ring_x.size - 1
+    anchoring = _anchoring(state, 8, t, window)
+    x, y = ring_x[t & mask], ring_y[t & mask]
     if x != x or y != y:
         state[0] = 0.0
         return False
     run = state[0] + 1.0
     ax, ay = state[1], state[2]
     sx, sy, sxx, syy, sxy = state[3], state[4], state[5], state[6], state[7]
-    if run == 1.0 or (run >= window and (t - window + 1) % window == 0):
+    if run == 1.0 or (run >= window and anchoring):
         first = t - int(min(run, window)) + 1
-        ax, ay = ring_x[first % size], ring_y[first % size]
+        ax, ay = ring_x[first & mask], ring_y[first & mask]
         sx, sy, sxx, syy, sxy = 0.0, 0.0, 0.0, 0.0, 0.0
         for u in range(first, t + 1):
-            dx, dy = ring_x[u % size] - ax, ring_y[u % size] - ay
+            dx, dy = ring_x[u & mask] - ax, ring_y[u & mask] - ay
             sx, sy, sxx, syy, sxy = sx + dx, sy + dy, sxx + dx * dx, syy + dy * dy, sxy + dx * dy
     else:
         dx, dy = x - ax, y - ay
         sx, sy, sxx, syy, sxy = sx + dx, sy + dy, sxx + dx * dx, syy + dy * dy, sxy + dx * dy
         if run > window:
-            u = (t - window) % size
+            u = (t - window) & mask
             dx, dy = ring_x[u] - ax, ring_y[u] - ay
             sx, sy, sxx, syy, sxy = sx - dx, sy - dy, sxx - dx * dx, syy - dy * dy, sxy - dx * dy
     state[0], state[1], state[2] = run, ax, ay
@@ -253,11 +284,24 @@ def ewm_mean_std_1d(
 
 
 @numba.njit(cache=True)
+def _pow2_above(window: int) -> int:  # pragma: no cover
+    """`ring_size` inside compiled code."""
+    size = 1
+    while size <= window:
+        size *= 2
+    return size
+
+
+@numba.njit(cache=True)
 def rolling_std_1d(x: np.ndarray, window: int, out: np.ndarray) -> None:  # pragma: no cover
     """Sample std over the last ``window`` values of one series (NaN unless all observed)."""
-    state = np.zeros(4)
+    state = np.zeros(5)
+    state[4] = window - 1
+    ring = np.empty(_pow2_above(window))
+    mask = ring.size - 1
     for t in range(x.size):
-        out[t] = rolling_std_step(state, x, t, window)  # the series is its own ring
+        ring[t & mask] = x[t]
+        out[t] = rolling_std_step(state, ring, t, window)
 
 
 @numba.njit(parallel=True, cache=True)
