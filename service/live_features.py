@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 # history used for the ex-ante portfolio vol estimate (EWM span 60, see ex_ante_vol_scale)
 PORTFOLIO_VOL_ROWS = 180
+# calendar days of closes read at a time when a state is rebuilt from the history
+_REBUILD_DAYS = 366
 
 
 class SkipSession(Exception):
@@ -301,7 +303,31 @@ def _resume(
     if state is not None:
         return state, key, False
     config = feature_config(model.manifest.features)
-    return FeatureState.empty(model.manifest.tickers, config, history=history), key, True
+    state = FeatureState.empty(model.manifest.tickers, config, history=history)
+    _rebuild(engine, state, as_of)
+    return state, key, True
+
+
+def _rebuild(engine: sa.Engine, state: FeatureState, before: pd.Timestamp) -> None:
+    """Advance an empty state over the stored closes before `before`, a year at a time.
+
+    Reading the whole history at once would hold every close of a wide universe in
+    memory (Python objects first); a year of it is bounded. Each year's unsettled tail
+    is read again with the next year.
+    """
+    first = store.first_close_date(engine)
+    if first is None:
+        return
+    last = before - pd.Timedelta(days=1)
+    start = first
+    while start <= last:
+        end = min(start + pd.Timedelta(days=_REBUILD_DAYS - 1), last)
+        raw = _closes_after(engine, state, end)
+        if not raw.empty:
+            filled, settled = state.continue_panel(raw, source="store")
+            if settled:
+                state.advance(filled.iloc[:settled])
+        start = end + pd.Timedelta(days=1)
 
 
 def _closes_after(engine: sa.Engine, state: FeatureState, end: pd.Timestamp) -> pd.DataFrame:

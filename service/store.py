@@ -60,6 +60,7 @@ __all__ = [
     "cycle_runs",
     "drop_feature_states",
     "feature_states",
+    "first_close_date",
     "insert_closes",
     "latest_feature_state",
     "latest_positions",
@@ -554,6 +555,13 @@ def _fetch_closes(
     parsed = pd.DatetimeIndex(pd.to_datetime(list(uniques)))
     days = np.asarray((parsed - _EPOCH).days, dtype=np.int64)[codes]
     return days, np.array(column[1], dtype=object), close
+
+
+def first_close_date(bind: sa.Engine | sa.Connection) -> pd.Timestamp | None:
+    """The date of the oldest stored close (None when none is stored)."""
+    with _reading(bind) as conn:
+        value = conn.execute(sa.select(sa.func.min(closes.c.date))).scalar()
+    return None if value is None else pd.Timestamp(_dates([value])[0])
 
 
 def closes_dates(

@@ -66,7 +66,9 @@ def test_daily_cycles_resume_from_the_stored_state_and_equal_a_full_recompute(
         assert result.status == "succeeded", result.error
         assert result.cold_start == (i == 0)
         # only the first cycle reads the history; each later one the closes after its state
-        assert (reads[-2] is None) == (i == 0)
+        # (the read before last: the parity check reads the whole history last)
+        if i:
+            assert reads[-2] == DAYS[i - 1] + pd.Timedelta(days=1)
         assert result.parity_max_abs == 0.0
         incremental[day] = result.positions
     assert _states(engine) == list(DAYS[-5:])  # the newest five kept
@@ -278,3 +280,27 @@ def test_the_service_checks_parity_after_a_batched_replay_and_every_n_cycles(
     for _ in range(3):
         service.run_session(DAYS[-1])
     assert metrics.feature_parity._value.get() > 1e-9
+
+
+def test_a_rebuild_reads_the_history_a_year_at_a_time_and_equals_the_full_pass(
+    sqlite_engine, model, monkeypatch
+):
+    history = PRICES.loc["2019-06-03":"2021-03-31"].copy()
+    # a 3-session gap of MSFT across the first year boundary of the rebuild (2020-06-02)
+    history.loc["2020-05-29":"2020-06-03", "MSFT"] = np.nan
+    _ingest(sqlite_engine, history)
+    spans = []
+    real_read = store.read_closes
+    monkeypatch.setattr(
+        store,
+        "read_closes",
+        lambda *a, **k: spans.append((k.get("start"), k.get("end"))) or real_read(*a, **k),
+    )
+    result = run_cycle(sqlite_engine, model, DAYS[-1], check_parity=True)
+    assert result.status == "succeeded" and result.cold_start
+    assert result.parity_max_abs == 0.0
+    rebuild = spans[:-2]  # then the cycle's own read and the parity check's
+    assert len(rebuild) == 2 and rebuild[0][0] is None
+    assert rebuild[0][1] == pd.Timestamp("2020-06-02")
+    # the gap was still open at the end of the first year: re-read with the second
+    assert rebuild[1][0] == pd.Timestamp("2020-05-29")
