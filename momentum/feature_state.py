@@ -335,7 +335,8 @@ class FeatureState:
     def _block(self, closes: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(closes, pd.DataFrame):
             raise TypeError(f"`closes` must be a DataFrame, got {type(closes).__name__}")
-        unknown = [str(c) for c in closes.columns if str(c) not in self.tickers]
+        known = frozenset(self.tickers)
+        unknown = [str(c) for c in closes.columns if str(c) not in known]
         if unknown:
             raise FeatureStateError(f"`closes` has tickers the state does not: {unknown[:5]}")
         dates = pd.DatetimeIndex(closes.index)
@@ -401,8 +402,8 @@ def _tail(recent: Features, new: Features, rows: int) -> Features:
     """The last `rows` rows of `recent` followed by `new` (copies: never views of `new`)."""
     keep = max(0, rows - len(new.dates))
     old = recent.slice_dates(max(0, len(recent.dates) - keep), len(recent.dates))
-    both = concat_rows(old, new)
-    last = both.slice_dates(len(both.dates) - min(rows, len(both.dates)), len(both.dates))
+    tail = new.slice_dates(max(0, len(new.dates) - rows), len(new.dates))
+    last = concat_rows(old, tail)
     # own arrays: a view would keep a whole panel's features alive
     return _features(
         last.config,
