@@ -223,22 +223,9 @@ def run_cycle(
     except SkipSession as err:
         return _unsuccessful(engine, run, "skipped", str(err), clock)
     except Exception as err:
-        log.error("cycle %s failed: %s\n%s", f"{day:%Y-%m-%d}", err, traceback.format_exc())
-        return _unsuccessful(engine, run, "failed", f"{type(err).__name__}: {err}", clock)
-    result = CycleResult(
-        as_of=day,
-        model_name=model.name,
-        model_version=model.version,
-        status="succeeded",
-        run_id=run_id,
-        data_cutoff=day,
-        seconds=time.perf_counter() - clock,
-        inference_seconds=inference,
-        positions=frame,
-        features=live.recent,
-        cold_start=live.cold,
-        phases=dict(live.timings),
-    )
+        return _failed(engine, run, err, clock)
+    result = _stored(run, run_id, time.perf_counter() - clock, inference, frame, live.recent)
+    result.cold_start, result.phases = live.cold, dict(live.timings)
     if check_parity:
         check_feature_parity(engine, model, result)
     _succeeded(result, notify)
@@ -329,23 +316,13 @@ def _stored_batch(
                         conn, s.key, s.as_of, s.steps, s.state, keep=options.keep_states
                     )
         except Exception as err:
-            log.error("cycle %s failed: %s\n%s", f"{day:%Y-%m-%d}", err, traceback.format_exc())
-            yield _unsuccessful(engine, run, "failed", f"{type(err).__name__}: {err}", clock)
+            yield _failed(engine, run, err, clock)
             return
         row = int(rows[i])
-        result = CycleResult(
-            as_of=day,
-            model_name=model.name,
-            model_version=model.version,
-            status="succeeded",
-            run_id=run_id,
-            data_cutoff=day,
-            seconds=time.perf_counter() - clock + inference,
-            inference_seconds=inference,
-            positions=frame,
-            features=batch.features.slice_dates(max(0, row + 1 - batch.history), row + 1),
-            cold_start=batch.cold and i == 0,
-        )
+        features = batch.features.slice_dates(max(0, row + 1 - batch.history), row + 1)
+        seconds = time.perf_counter() - clock + inference
+        result = _stored(run, run_id, seconds, inference, frame, features)
+        result.cold_start = batch.cold and i == 0
         _succeeded(result, notify)
         yield result
 
@@ -362,6 +339,35 @@ def check_feature_parity(engine: sa.Engine, model: LoadedModel, result: CycleRes
         result.parity_max_abs = parity_max_abs(result.features, full)
     except Exception:
         log.exception("feature parity check failed for %s", f"{result.as_of:%Y-%m-%d}")
+
+
+def _stored(
+    run: dict[str, Any],
+    run_id: int,
+    seconds: float,
+    inference: float,
+    frame: pd.DataFrame,
+    features: Features,
+) -> CycleResult:
+    """The result of a cycle whose positions `run_id` stored."""
+    return CycleResult(
+        as_of=run["as_of"],
+        model_name=run["model_name"],
+        model_version=run["model_version"],
+        status="succeeded",
+        run_id=run_id,
+        data_cutoff=run["as_of"],
+        seconds=seconds,
+        inference_seconds=inference,
+        positions=frame,
+        features=features,
+    )
+
+
+def _failed(engine: sa.Engine, run: dict[str, Any], err: Exception, clock: float) -> CycleResult:
+    """Log and record a cycle that raised."""
+    log.error("cycle %s failed: %s\n%s", f"{run['as_of']:%Y-%m-%d}", err, traceback.format_exc())
+    return _unsuccessful(engine, run, "failed", f"{type(err).__name__}: {err}", clock)
 
 
 def _succeeded(result: CycleResult, notify: Callable[[CycleResult], None] | None) -> None:
