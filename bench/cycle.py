@@ -24,7 +24,8 @@ its own) the script
    reports their median;
 6. ingests ``--replay`` more sessions and replays them batched
    (`service.cycle.run_cycles`): sessions/s;
-7. prints the process's peak RSS.
+7. prints the process's peak RSS (the bulk load of step 3 runs in a child
+   process and reports its own).
 
 Every figure is printed with its inputs; nothing is asserted.
 """
@@ -68,13 +69,14 @@ def _universe(n_assets: int, n_sessions: int, seed: int) -> tuple[pd.DataFrame, 
     return prices, panel.markets
 
 
-def _child(command: list[str]) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, peak RSS in GB, exit code)."""
+def _child(command: list[str], *, capture: bool = False) -> tuple[float, float, int, str]:
+    """Run a command; return (wall seconds, peak RSS in GB, exit code, stdout if captured)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command)
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else None, text=True)
+    out = process.stdout.read() if process.stdout is not None else ""
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage
     process.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1e6, process.returncode
+    return time.perf_counter() - start, usage.ru_maxrss / 1e6, process.returncode, out
 
 
 def _engine(url: str | None, out: Path):
@@ -174,7 +176,7 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
         ]
         if model in ("quantnet", "no_transfer"):
             command += ["--sectors", str(out / "sectors.csv")]
-        seconds, rss, code = _child(command)
+        seconds, rss, code, _ = _child(command)
         status = "ok" if code == 0 else f"FAILED (exit {code})"
         print(
             f"export {model}: {status}, {seconds:.1f} s wall, peak RSS {rss:.2f} GB "
@@ -197,11 +199,18 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
 
     engine, backend, drop = _engine(args.database_url, out)
     try:
-        history = prices.loc[:history_end]
-        closes, seconds = _ingest(engine, history)
+        # the bulk load in a child process: its peak RSS is reported apart from the cycles'
+        url = engine.url.render_as_string(hide_password=False)
+        command = [sys.executable, __file__, "--ingest-into", url, "--ingest-file", str(data)]
+        command += ["--ingest-end", f"{history_end:%Y-%m-%d}"]
+        _, rss, code, out = _child(command, capture=True)
+        if code != 0:
+            raise SystemExit(f"ingest failed (exit {code})")
+        closes, seconds = int(out.split()[-2]), float(out.split()[-1])
         print(
             f"ingest ({backend}): {closes:,} closes in {seconds:.1f} s = "
-            f"{closes / seconds:,.0f} closes/s",
+            f"{closes / seconds:,.0f} closes/s (ingest_closes: validate and store; the loading "
+            f"process's peak RSS {rss:.2f} GB)",
             flush=True,
         )
         cycle_days = prices.index[-n_cycles:]
@@ -210,7 +219,7 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
         if cold.status != "succeeded":
             raise SystemExit(f"cold start {cold.status}: {cold.error}")
         print(
-            f"cold start ({len(history) + 1} sessions stored, state rebuilt): "
+            f"cold start ({len(prices.loc[:history_end]) + 1} sessions stored, state rebuilt): "
             f"{cold.seconds:.2f} s; by phase: {_phases(cold.phases)}",
             flush=True,
         )
@@ -265,7 +274,18 @@ def main() -> int:
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-cycle"))
     parser.add_argument("--seed", type=int, default=0)
+    # internal: the child process that bulk-loads a store
+    parser.add_argument("--ingest-into", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ingest-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ingest-end", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ingest_into:
+        from service import store
+
+        prices = pd.read_parquet(args.ingest_file).loc[: args.ingest_end]
+        closes, seconds = _ingest(store.create_engine(args.ingest_into), prices)
+        print(closes, seconds)
+        return 0
     args.export_models = [m for m in args.export_models.split(",") if m]
     sizes = [int(n) for n in args.assets.split(",") if n]
     if len(sizes) == 1:

@@ -233,6 +233,15 @@ feature_states = sa.Table(
     sa.Column("created_at", _UtcDateTime, nullable=False),
     sa.Column("state", sa.LargeBinary, nullable=False),  # FeatureState.to_bytes()
 )
+# tens of MB of float64 a day at thousands of assets: PostgreSQL's default TOAST compression
+# (pglz) costs most of a warm cycle's write and gains little on such data
+event.listen(
+    feature_states,
+    "after_create",
+    sa.DDL("ALTER TABLE feature_states ALTER COLUMN state SET STORAGE EXTERNAL").execute_if(
+        dialect="postgresql"
+    ),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,6 +641,7 @@ def insert_closes(
 # would have sent. `_EPOCH` is PostgreSQL's date and timestamp origin.
 _EPOCH = pd.Timestamp("2000-01-01")
 _CLOSE_COLUMNS = ("date", "ticker", "close", "source", "ingested_at")
+_BULK_ROWS = 262_144  # rows converted and sent at a time (one transaction either way)
 
 
 def _day_numbers(values: pd.Series, name: str) -> np.ndarray:
@@ -668,13 +678,18 @@ def _executemany_closes(
     )[codes]
     stored_at = _sqlite_text(to_time(stamp) if to_time is not None else stamp)
     sql = f"INSERT INTO closes ({', '.join(_CLOSE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
-    size = len(values)
-    conn.exec_driver_sql(
-        sql,
-        list(
-            zip(texts, tickers, values.tolist(), [source] * size, [stored_at] * size, strict=True)
-        ),
-    )
+    for lo in range(0, len(values), _BULK_ROWS):  # bounded memory: the tuples of one chunk
+        hi = min(lo + _BULK_ROWS, len(values))
+        size = hi - lo
+        rows = zip(
+            texts[lo:hi],
+            tickers[lo:hi],
+            values[lo:hi].tolist(),
+            [source] * size,
+            [stored_at] * size,
+            strict=True,
+        )
+        conn.exec_driver_sql(sql, list(rows))
 
 
 def _sqlite_text(value: Any) -> Any:
@@ -698,50 +713,66 @@ def _copy_closes(
     """PostgreSQL: one binary COPY, the rows built as numpy records (one dtype per ticker
     length, since a record's text field has a fixed width)."""
     micros = int((pd.Timestamp(stamp).tz_convert("UTC").tz_localize(None) - _EPOCH).value // 1000)
-    encoded = np.array([t.encode() for t in pd.unique(tickers)], dtype=object)
-    lookup = {t.decode(): k for k, t in enumerate(encoded)}
-    codes = np.fromiter((lookup[t] for t in tickers), dtype=np.int64, count=len(tickers))
+    codes, uniques = pd.factorize(tickers)
+    encoded = [str(t).encode() for t in uniques]
     lengths = np.array([len(t) for t in encoded])[codes]
     src = source.encode()
-    chunks = [b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")]
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        record = np.empty(
-            len(rows),
-            dtype=[
-                ("fields", ">i2"),
-                ("date_len", ">i4"),
-                ("date", ">i4"),
-                ("ticker_len", ">i4"),
-                ("ticker", f"S{length}"),
-                ("close_len", ">i4"),
-                ("close", ">f8"),
-                ("source_len", ">i4"),
-                ("source", f"S{len(src)}"),
-                ("time_len", ">i4"),
-                ("time", ">i8"),
-            ],
-        )
-        record["fields"] = len(_CLOSE_COLUMNS)
-        record["date_len"], record["date"] = 4, days[rows]
-        record["ticker_len"] = length
-        record["ticker"] = np.array(list(encoded), dtype=f"S{length}")[codes[rows]]
-        record["close_len"], record["close"] = 8, values[rows]
-        record["source_len"], record["source"] = len(src), src
-        record["time_len"], record["time"] = 8, micros
-        chunks.append(record.tobytes())
-    chunks.append((-1).to_bytes(2, "big", signed=True))
+    names = {length: np.array(encoded, dtype=f"S{length}") for length in np.unique(lengths)}
+
+    def records(lo: int, hi: int) -> Iterator[bytes]:
+        for length in np.unique(lengths[lo:hi]):
+            rows = lo + np.flatnonzero(lengths[lo:hi] == length)
+            yield _copy_records(rows, length, days, names[length][codes[rows]], values, src, micros)
+
     raw = conn.connection.driver_connection
     assert raw is not None
     statement = f"COPY closes ({', '.join(_CLOSE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     try:
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
             # the same connection as `conn`: inside its transaction
-            for chunk in chunks:
-                copy.write(chunk)
+            copy.write(b"PGCOPY\n\xff\r\n\x00" + bytes(8))  # signature, flags, extension
+            for lo in range(0, len(values), _BULK_ROWS):  # bounded memory
+                for chunk in records(lo, min(lo + _BULK_ROWS, len(values))):
+                    copy.write(chunk)
+            copy.write((-1).to_bytes(2, "big", signed=True))
     except conn.dialect.loaded_dbapi.IntegrityError as err:
         # what SQLAlchemy raises for the same violation through an INSERT
         raise sa.exc.IntegrityError(statement, None, err) from err
+
+
+def _copy_records(
+    rows: np.ndarray,
+    length: int,
+    days: np.ndarray,
+    tickers: np.ndarray,
+    values: np.ndarray,
+    source: bytes,
+    micros: int,
+) -> bytes:
+    """Binary COPY tuples of `rows`, whose tickers are all `length` bytes long."""
+    record = np.empty(
+        len(rows),
+        dtype=[
+            ("fields", ">i2"),
+            ("date_len", ">i4"),
+            ("date", ">i4"),
+            ("ticker_len", ">i4"),
+            ("ticker", f"S{length}"),
+            ("close_len", ">i4"),
+            ("close", ">f8"),
+            ("source_len", ">i4"),
+            ("source", f"S{len(source)}"),
+            ("time_len", ">i4"),
+            ("time", ">i8"),
+        ],
+    )
+    record["fields"] = len(_CLOSE_COLUMNS)
+    record["date_len"], record["date"] = 4, days[rows]
+    record["ticker_len"], record["ticker"] = length, tickers
+    record["close_len"], record["close"] = 8, values[rows]
+    record["source_len"], record["source"] = len(source), source
+    record["time_len"], record["time"] = 8, micros
+    return record.tobytes()
 
 
 def correct_closes(

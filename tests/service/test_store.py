@@ -455,7 +455,8 @@ def test_ledger_refuses_non_finite_values(engine):
     assert store.read_ledger(engine, "slp").empty
 
 
-def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine):
+def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeypatch):
+    monkeypatch.setattr(store, "_BULK_ROWS", 7)  # many chunks, ticker lengths mixed in each
     # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
     tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
     dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
