@@ -281,8 +281,8 @@ def export_onnx(
     path : str or Path
         Output file; one self-contained ONNX file.
     parity_batches : sequence of int, optional
-        Batch sizes of the torch-vs-onnxruntime check on random inputs; default
-        `parity_batches_for` the universe (1 and up to 256, bounded in windows).
+        Batch sizes of the torch-vs-onnxruntime check on random inputs (empty: no check);
+        default `parity_batches_for` the universe (1 and up to 256, bounded in windows).
 
     Raises
     ------
@@ -326,7 +326,8 @@ def export_onnx(
         raise ExportError(f"{path}: outputs {names}, expected {[o.name for o in outputs]}")
     differences = {}
     tolerance = PARITY_TOLERANCE
-    for batch in parity_batches or parity_batches_for(n_assets):
+    batches = parity_batches_for(n_assets) if parity_batches is None else parity_batches
+    for batch in batches:
         x = torch.randn(batch, n_assets, lookback, n_features, generator=generator)
         tolerance = max(tolerance, 4 * float32_rounding(wrapper, x))
         positions, extras = parity(wrapper, session, x)
