@@ -185,16 +185,14 @@ def _only_state(engine, before="2100-01-01") -> tuple[str, tuple[pd.Timestamp, b
 # --------------------------------------------------------------------------------------------
 
 
-def test_batched_cycles_equal_the_per_session_cycles_position_by_position(
-    sqlite_engine, tmp_path, model
-):
+def test_batched_cycles_equal_the_per_session_cycles_position_by_position(engine, tmp_path, model):
     from service.cycle import run_cycles
 
     history, days = PRICES.loc["2019-06-03":"2021-02-26"], PRICES.loc["2021-03-01":"2021-06-30"]
-    _ingest(sqlite_engine, history)
-    _ingest(sqlite_engine, days)
+    _ingest(engine, history)
+    _ingest(engine, days)
     # one hole: MSFT has no close on 2021-04-15 (its own cycle applies the stale policy)
-    with sqlite_engine.begin() as conn:
+    with engine.begin() as conn:
         conn.execute(
             store.closes.delete().where(
                 store.closes.c.date == pd.Timestamp("2021-04-15").date(),
@@ -202,13 +200,14 @@ def test_batched_cycles_equal_the_per_session_cycles_position_by_position(
             )
         )
     carry = CycleOptions(stale_policy="carry", max_carry_sessions=2)
-    batched = list(run_cycles(sqlite_engine, model, days.index, options=carry))
+    batched = list(run_cycles(engine, model, days.index, options=carry))
     assert [r.as_of for r in batched] == list(days.index)
     assert all(r.status == "succeeded" for r in batched), [r.error for r in batched]
     assert batched[0].cold_start and not any(r.cold_start for r in batched[1:])
     hole = next(r for r in batched if r.as_of == pd.Timestamp("2021-04-15"))
     assert hole.positions.loc["MSFT", "stale"]
 
+    # the reference: the same sessions one cycle at a time, on a SQLite store
     one_by_one = store.create_engine(f"sqlite:///{tmp_path / 'single.db'}")
     _ingest(one_by_one, history)
     for day in days.index:
@@ -216,7 +215,7 @@ def test_batched_cycles_equal_the_per_session_cycles_position_by_position(
         single = run_cycle(one_by_one, model, day, options=carry)
         assert single.status == "succeeded", single.error
         stored = store.latest_positions(one_by_one, model.name, as_of=day)
-        got = store.latest_positions(sqlite_engine, model.name, as_of=day)
+        got = store.latest_positions(engine, model.name, as_of=day)
         if day == hole.as_of:  # MSFT's close never came: carried in both
             pd.testing.assert_frame_equal(got.drop(columns="run_id"), stored.drop(columns="run_id"))
             continue
