@@ -218,7 +218,8 @@ def run_cycle(
             run_id = store.write_cycle(
                 conn, {**run, "finished_at": datetime.now(UTC), "data_cutoff": day}, frame
             )
-            store_settled(conn, live, keep=options.keep_states)
+            remember = store_settled(conn, live.settled, keep=options.keep_states)
+        remember()  # committed: the next cycle may resume from this state in memory
         live.timings["write"] = time.perf_counter() - write
     except SkipSession as err:
         return _unsuccessful(engine, run, "skipped", str(err), clock)
@@ -306,15 +307,15 @@ def _stored_batch(
         }
         try:
             frame = _positions_frame(model, batch.features, int(rows[i]), signals[i], [], options)
+            last = i == len(days) - 1 and batch.settled.as_of == day
             with store.transaction(engine) as conn:
                 run_id = store.write_cycle(
                     conn, {**run, "finished_at": datetime.now(UTC), "data_cutoff": day}, frame
                 )
-                if i == len(days) - 1 and batch.settled.as_of == day:
-                    s = batch.settled
-                    store.write_feature_state(
-                        conn, s.key, s.as_of, s.steps, s.state, keep=options.keep_states
-                    )
+                remember = store_settled(
+                    conn, batch.settled if last else None, keep=options.keep_states
+                )
+            remember()
         except Exception as err:
             yield _failed(engine, run, err, clock)
             return

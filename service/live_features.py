@@ -31,8 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,6 +139,8 @@ class SettledState:
     as_of: pd.Timestamp
     steps: int
     state: bytes
+    # the state object itself, when it is not advanced further (saves decoding `state`)
+    snapshot: Callable[[], FeatureState] | None = None
 
 
 def history_rows(model: LoadedModel, portfolio_vol_target: bool, drift_rows: int = 63) -> int:
@@ -200,7 +205,14 @@ def live_features(
     if settled:
         state.advance(filled.iloc[:settled])
         assert state.last_date is not None
-        to_store = SettledState(key, state.last_date, state.steps, state.to_bytes())
+        final = settled == len(filled)  # else `state` goes on past the stored session
+        to_store = SettledState(
+            key,
+            state.last_date,
+            state.steps,
+            state.to_bytes(),
+            snapshot=_as_is(state) if final else None,
+        )
     if settled < len(filled):
         state.advance(filled.iloc[settled:])  # carried or still-open sessions: not stored
     return LiveFeatures(
@@ -244,7 +256,8 @@ def batch_features(
     before = state.recent
     features = concat_rows(before, state.advance(block))
     first = state.steps - len(block)  # sessions consumed before the block
-    position = {d: block.index.get_loc(d) for d in wanted}
+    found = block.index.get_indexer(pd.DatetimeIndex(wanted))
+    position = dict(zip(wanted, found.tolist(), strict=True))
     assert state.last_date is not None
     return BatchFeatures(
         features=features,
@@ -252,15 +265,41 @@ def batch_features(
         steps={d: first + int(i) + 1 for d, i in position.items()},
         history=state.history,
         cold=cold,
-        settled=SettledState(key, state.last_date, state.steps, state.to_bytes()),
+        settled=SettledState(
+            key, state.last_date, state.steps, state.to_bytes(), snapshot=_as_is(state)
+        ),
     )
 
 
-def store_settled(bind: sa.Engine | sa.Connection, live: LiveFeatures, *, keep: int) -> None:
-    """Store the settled state of `live` (if any), keeping the newest `keep` of its key."""
-    if live.settled is not None:
-        s = live.settled
-        store.write_feature_state(bind, s.key, s.as_of, s.steps, s.state, keep=keep)
+def store_settled(
+    bind: sa.Engine | sa.Connection, settled: SettledState | None, *, keep: int
+) -> Callable[[], None]:
+    """Store a settled state (if any), keeping the newest `keep` of its key.
+
+    Returns the function to call once the transaction has committed: it lets the next
+    cycle of this process reuse the state without reading it back.
+    """
+    if settled is None:
+        return lambda: None
+    s = settled
+    created = store.write_feature_state(bind, s.key, s.as_of, s.steps, s.state, keep=keep)
+    engine = bind.engine if isinstance(bind, sa.Connection) else bind
+
+    def remember() -> None:
+        state = s.snapshot() if s.snapshot is not None else FeatureState.from_bytes(s.state)
+        with _LAST_STORED_LOCK:
+            _LAST_STORED[(_store_id(engine), s.key)] = (s.as_of, created, state)
+
+    return remember
+
+
+def _as_is(state: FeatureState) -> Callable[[], FeatureState]:
+    """The state object itself, for the in-memory copy of a stored state."""
+    return lambda: state
+
+
+def _store_id(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 def full_features(engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp) -> Features:
@@ -337,7 +376,21 @@ def _closes_after(engine: sa.Engine, state: FeatureState, end: pd.Timestamp) -> 
     return raw[raw.notna().any(axis=1)]
 
 
+# The newest state this process stored, per (store, key): the next cycle resumes from it
+# without reading and decoding tens of MB, when the store still holds that very row (same
+# as-of date and creation time; a close written since, or another writer, replaces it).
+_LAST_STORED: dict[tuple[str, str], tuple[pd.Timestamp, Any, FeatureState]] = {}
+_LAST_STORED_LOCK = threading.Lock()
+
+
 def _stored_state(engine: sa.Engine, key: str, as_of: pd.Timestamp) -> FeatureState | None:
+    stamp = store.feature_state_stamp(engine, key, before=as_of)
+    if stamp is None:
+        return None
+    with _LAST_STORED_LOCK:
+        cached = _LAST_STORED.get((_store_id(engine), key))
+    if cached is not None and (cached[0], cached[1]) == stamp:
+        return cached[2].copy()  # the caller advances it in place
     found = store.latest_feature_state(engine, key, before=as_of)
     if found is None:
         return None
@@ -372,7 +425,7 @@ def _stale_policy(
     missing = np.flatnonzero(np.isnan(values[-1]))
     if missing.size == 0:
         return [], settled
-    tickers = [str(filled.columns[j]) for j in missing]
+    tickers = [str(filled.columns[int(j)]) for j in missing]
     if policy == "skip":
         raise SkipSession(f"no close on {as_of:%Y-%m-%d} for {tickers} (stale policy: skip)")
     carried: list[str] = []

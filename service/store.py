@@ -59,6 +59,7 @@ __all__ = [
     "create_engine",
     "cycle_runs",
     "drop_feature_states",
+    "feature_state_stamp",
     "feature_states",
     "first_close_date",
     "insert_closes",
@@ -1428,7 +1429,7 @@ def write_feature_state(
     state: bytes,
     *,
     keep: int = 5,
-) -> None:
+) -> datetime:
     """Store the feature state of `key` as of a session, keeping the newest `keep` of that key.
 
     Parameters
@@ -1445,17 +1446,23 @@ def write_feature_state(
     keep : int
         States of this key kept (older ones are deleted): a correction older than all of
         them makes the next cycle rebuild from the history.
+
+    Returns
+    -------
+    datetime
+        The row's ``created_at`` (with its as-of date, what `feature_state_stamp` reports).
     """
     key = _name(key, "key")  # type: ignore[assignment]
     day = _date(as_of, "as_of")
     if keep < 1:
         raise ValueError(f"`keep` must be at least 1, got {keep}")
     where = (feature_states.c.key == key, feature_states.c.as_of == day)
+    created = _now()
     with transaction(bind) as conn:
         conn.execute(feature_states.delete().where(*where))
         conn.execute(
             feature_states.insert().values(
-                key=key, as_of=day, steps=int(steps), created_at=_now(), state=state
+                key=key, as_of=day, steps=int(steps), created_at=created, state=state
             )
         )
         kept = (
@@ -1470,6 +1477,22 @@ def write_feature_state(
                 feature_states.c.key == key, feature_states.c.as_of < oldest
             )
         )
+    return created
+
+
+def feature_state_stamp(
+    bind: sa.Engine | sa.Connection, key: str, *, before: Any
+) -> tuple[pd.Timestamp, datetime] | None:
+    """``(as_of, created_at)`` of the state `latest_feature_state` would return (no blob)."""
+    query = (
+        sa.select(feature_states.c.as_of, feature_states.c.created_at)
+        .where(feature_states.c.key == key, feature_states.c.as_of < _date(before, "before"))
+        .order_by(feature_states.c.as_of.desc())
+        .limit(1)
+    )
+    with _reading(bind) as conn:
+        row = conn.execute(query).first()
+    return None if row is None else (pd.Timestamp(row[0]), row[1])
 
 
 def latest_feature_state(

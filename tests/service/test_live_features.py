@@ -146,6 +146,8 @@ def test_a_tampered_state_shows_in_the_parity_check(engine, model):
 def test_a_state_of_another_features_version_is_rebuilt(engine, model, monkeypatch):
     _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
     assert run_cycle(engine, model, DAYS[-2]).status == "succeeded"
+    # a new momentum release: a new process, nothing in memory, the old state in the store
+    monkeypatch.setattr(live_module, "_LAST_STORED", {})
     monkeypatch.setattr("momentum.feature_state.FEATURES_VERSION", "0.0-other")
     result = run_cycle(engine, model, DAYS[-1])
     assert result.status == "succeeded" and result.cold_start
@@ -303,3 +305,23 @@ def test_a_rebuild_reads_the_history_a_year_at_a_time_and_equals_the_full_pass(
     assert rebuild[0][1] == pd.Timestamp("2020-06-02")
     # the gap was still open at the end of the first year: re-read with the second
     assert rebuild[1][0] == pd.Timestamp("2020-05-29")
+
+
+def test_the_next_cycle_reuses_the_state_it_stored_unless_the_store_changed(
+    engine, model, monkeypatch
+):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    assert run_cycle(engine, model, DAYS[-3]).status == "succeeded"
+    blobs = []
+    real = store.latest_feature_state
+    monkeypatch.setattr(
+        store, "latest_feature_state", lambda *a, **k: blobs.append(1) or real(*a, **k)
+    )
+    warm = run_cycle(engine, model, DAYS[-2], check_parity=True)
+    assert not warm.cold_start and blobs == [] and warm.parity_max_abs == 0.0
+    # the stored row changes (here: rewritten by someone else): read from the store again
+    key, (as_of, blob) = _only_state(engine, before=DAYS[-1])
+    store.write_feature_state(engine, key, as_of, FeatureState.from_bytes(blob).steps, blob)
+    blobs.clear()
+    again = run_cycle(engine, model, DAYS[-1], check_parity=True)
+    assert blobs == [1] and again.parity_max_abs == 0.0
