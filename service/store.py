@@ -1484,8 +1484,24 @@ def feature_state_stamp(
     bind: sa.Engine | sa.Connection, key: str, *, before: Any
 ) -> tuple[pd.Timestamp, datetime] | None:
     """``(as_of, created_at)`` of the state `latest_feature_state` would return (no blob)."""
+    row = _newest_state_row(bind, key, before, feature_states.c.created_at)
+    return None if row is None else (row[0], row[1])
+
+
+def latest_feature_state(
+    bind: sa.Engine | sa.Connection, key: str, *, before: Any
+) -> tuple[pd.Timestamp, bytes] | None:
+    """The newest stored state of `key` as of a session strictly before `before`, if any."""
+    row = _newest_state_row(bind, key, before, feature_states.c.state)
+    return None if row is None else (row[0], bytes(row[1]))
+
+
+def _newest_state_row(
+    bind: sa.Engine | sa.Connection, key: str, before: Any, column: sa.Column[Any]
+) -> tuple[pd.Timestamp, Any] | None:
+    """(as_of, `column`) of the newest state of `key` as of a session before `before`."""
     query = (
-        sa.select(feature_states.c.as_of, feature_states.c.created_at)
+        sa.select(feature_states.c.as_of, column)
         .where(feature_states.c.key == key, feature_states.c.as_of < _date(before, "before"))
         .order_by(feature_states.c.as_of.desc())
         .limit(1)
@@ -1493,23 +1509,6 @@ def feature_state_stamp(
     with _reading(bind) as conn:
         row = conn.execute(query).first()
     return None if row is None else (pd.Timestamp(row[0]), row[1])
-
-
-def latest_feature_state(
-    bind: sa.Engine | sa.Connection, key: str, *, before: Any
-) -> tuple[pd.Timestamp, bytes] | None:
-    """The newest stored state of `key` as of a session strictly before `before`, if any."""
-    query = (
-        sa.select(feature_states.c.as_of, feature_states.c.state)
-        .where(feature_states.c.key == key, feature_states.c.as_of < _date(before, "before"))
-        .order_by(feature_states.c.as_of.desc())
-        .limit(1)
-    )
-    with _reading(bind) as conn:
-        row = conn.execute(query).first()
-    if row is None:
-        return None
-    return pd.Timestamp(row[0]), bytes(row[1])
 
 
 def drop_feature_states(bind: sa.Engine | sa.Connection, *, since: Any) -> int:
