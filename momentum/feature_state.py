@@ -37,6 +37,7 @@ from momentum.features import (
     FeatureConfig,
     Features,
     concat_rows,
+    market_returns,
     next_day_target,
 )
 
@@ -365,13 +366,8 @@ class FeatureState:
     def _market(self, index: pd.Series | None, dates: pd.DatetimeIndex) -> np.ndarray:
         if index is None:
             raise ValueError("`index` is required when `config.extended` is True")
-        levels = pd.Series(index).reindex(dates)
-        if levels.isna().any():
-            missing = [f"{d:%Y-%m-%d}" for d in levels.index[levels.isna()][:3]]
-            raise ValueError(f"`index` has no level on some sessions, first: {missing}")
-        level = np.concatenate([[self.index_level], levels.to_numpy(dtype=np.float64)])
-        self.index_level = float(level[-1])
-        return level[1:] / level[:-1] - 1.0
+        returns, self.index_level = market_returns(index, dates, self.index_level)
+        return returns
 
 
 def _no_rows(n: int) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:

@@ -56,6 +56,7 @@ __all__ = [
     "Features",
     "compute_features",
     "concat_rows",
+    "market_returns",
     "ewm_halflife",
     "next_day_returns",
     "next_day_target",
@@ -314,15 +315,20 @@ def next_day_target(
     return next_day_returns(returns) * vol_target / (vol * np.sqrt(TRADING_DAYS))
 
 
-def _market_returns(index: pd.Series, dates: pd.DatetimeIndex) -> np.ndarray:
-    market = index.reindex(dates)
+def market_returns(
+    index: pd.Series, dates: pd.DatetimeIndex, previous: float = np.nan
+) -> tuple[np.ndarray, float]:
+    """Daily returns of the index on `dates`, and its level on the last of them.
+
+    The first return is against `previous`, the level on the session before `dates`
+    (NaN: none, as at the start of a panel).
+    """
+    market = pd.Series(index).reindex(dates)
     if market.isna().any():
         missing = [f"{d:%Y-%m-%d}" for d in market.index[market.isna()][:3]]
         raise ValueError(f"`index` has no level on some price dates, first: {missing}")
-    level = market.to_numpy(dtype=np.float64)
-    out = np.full_like(level, np.nan)
-    out[1:] = level[1:] / level[:-1] - 1.0
-    return out
+    level = np.concatenate([[previous], market.to_numpy(dtype=np.float64)])
+    return level[1:] / level[:-1] - 1.0, float(level[-1])
 
 
 def compute_features(
@@ -359,7 +365,7 @@ def compute_features(
     if config.extended:
         if index is None:
             raise ValueError("`index` is required when `config.extended` is True")
-        market_ret = _market_returns(index, pd.DatetimeIndex(prices.index))
+        market_ret = market_returns(index, pd.DatetimeIndex(prices.index))[0]
 
     closes = prices.to_numpy(dtype=np.float64)
     state = feature_kernel.empty_state(config, closes.shape[1])

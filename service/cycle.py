@@ -202,14 +202,8 @@ def run_cycle(
     """
     options = options or CycleOptions()
     day = pd.Timestamp(as_of).normalize()
-    started = datetime.now(UTC)
     clock = time.perf_counter()
-    run: dict[str, Any] = {
-        "as_of": day,
-        "model_name": model.name,
-        "model_version": model.version,
-        "started_at": started,
-    }
+    run = _run_record(model, day)
     try:
         frame, inference, live = _compute(engine, model, day, options)
         write = time.perf_counter()
@@ -299,14 +293,10 @@ def _stored_batch(
     inference = (time.perf_counter() - start) / len(days)
     for i, day in enumerate(days):
         clock = time.perf_counter()
-        run: dict[str, Any] = {
-            "as_of": day,
-            "model_name": model.name,
-            "model_version": model.version,
-            "started_at": datetime.now(UTC),
-        }
+        run = _run_record(model, day)
+        row = int(rows[i])
         try:
-            frame = _positions_frame(model, batch.features, int(rows[i]), signals[i], [], options)
+            frame = _positions_frame(model, batch.features, row, signals[i], [], options)
             last = i == len(days) - 1 and batch.settled.as_of == day
             with store.transaction(engine) as conn:
                 run_id = store.write_cycle(
@@ -319,7 +309,6 @@ def _stored_batch(
         except Exception as err:
             yield _failed(engine, run, err, clock)
             return
-        row = int(rows[i])
         features = batch.features.slice_dates(max(0, row + 1 - batch.history), row + 1)
         seconds = time.perf_counter() - clock + inference
         result = _stored(run, run_id, seconds, inference, frame, features)
@@ -340,6 +329,16 @@ def check_feature_parity(engine: sa.Engine, model: LoadedModel, result: CycleRes
         result.parity_max_abs = parity_max_abs(result.features, full)
     except Exception:
         log.exception("feature parity check failed for %s", f"{result.as_of:%Y-%m-%d}")
+
+
+def _run_record(model: LoadedModel, day: pd.Timestamp) -> dict[str, Any]:
+    """The ``cycle_runs`` fields known when a cycle of `day` starts."""
+    return {
+        "as_of": day,
+        "model_name": model.name,
+        "model_version": model.version,
+        "started_at": datetime.now(UTC),
+    }
 
 
 def _stored(

@@ -140,7 +140,7 @@ class SettledState:
     steps: int
     state: bytes
     # the state object itself, when it is not advanced further (saves decoding `state`)
-    snapshot: Callable[[], FeatureState] | None = None
+    snapshot: FeatureState | None = None
 
 
 def history_rows(model: LoadedModel, portfolio_vol_target: bool, drift_rows: int = 63) -> int:
@@ -190,7 +190,9 @@ def live_features(
         raise SkipSession(f"no closes stored for {as_of:%Y-%m-%d}")
     clock = time.perf_counter()
     filled, settled = state.continue_panel(raw, source="store")
-    never = [t for j, t in enumerate(tickers) if _never_closed(state, filled, j)]
+    # no close ever: none before the state, none since
+    empty = np.isnan(state.last_close) & filled.isna().all(axis=0).to_numpy()
+    never = [tickers[j] for j in np.flatnonzero(empty)]
     if never:
         # training's loader refuses a price column without a price (validate_prices)
         raise PriceDataError(
@@ -211,7 +213,7 @@ def live_features(
             state.last_date,
             state.steps,
             state.to_bytes(),
-            snapshot=_as_is(state) if final else None,
+            snapshot=state if final else None,
         )
     if settled < len(filled):
         state.advance(filled.iloc[settled:])  # carried or still-open sessions: not stored
@@ -265,9 +267,7 @@ def batch_features(
         steps={d: first + int(i) + 1 for d, i in position.items()},
         history=state.history,
         cold=cold,
-        settled=SettledState(
-            key, state.last_date, state.steps, state.to_bytes(), snapshot=_as_is(state)
-        ),
+        settled=SettledState(key, state.last_date, state.steps, state.to_bytes(), snapshot=state),
     )
 
 
@@ -286,16 +286,11 @@ def store_settled(
     engine = bind.engine if isinstance(bind, sa.Connection) else bind
 
     def remember() -> None:
-        state = s.snapshot() if s.snapshot is not None else FeatureState.from_bytes(s.state)
+        state = s.snapshot if s.snapshot is not None else FeatureState.from_bytes(s.state)
         with _LAST_STORED_LOCK:
             _LAST_STORED[(_store_id(engine), s.key)] = (s.as_of, created, state)
 
     return remember
-
-
-def _as_is(state: FeatureState) -> Callable[[], FeatureState]:
-    """The state object itself, for the in-memory copy of a stored state."""
-    return lambda: state
 
 
 def _store_id(engine: sa.Engine) -> str:
@@ -402,10 +397,6 @@ def _stored_state(engine: sa.Engine, key: str, as_of: pd.Timestamp) -> FeatureSt
             "stored feature state as of %s unusable, rebuilding: %s", f"{day:%Y-%m-%d}", err
         )
         return None
-
-
-def _never_closed(state: FeatureState, filled: pd.DataFrame, column: int) -> bool:
-    return bool(np.isnan(state.last_close[column]) and filled.iloc[:, column].isna().all())
 
 
 def _stale_policy(
