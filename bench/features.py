@@ -25,7 +25,7 @@ from momentum.features import FeatureConfig, compute_features
 
 
 def per_ticker(close: pd.Series, config: FeatureConfig) -> pd.DataFrame:
-    """The DESIGN.md formulas for one ticker, written the obvious pandas way."""
+    """The formulas of momentum/features.py's docstring for one ticker, written the obvious pandas way."""
     close = close.dropna()
     ewm = close.ewm(halflife=config.winsor_halflife)
     mean, std = ewm.mean(), ewm.std()

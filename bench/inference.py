@@ -76,7 +76,7 @@ from training.publish import lookback_of
 
 DEFAULT_MODELS = "slp,dmn,tft,quantnet"
 DEFAULT_ASSETS = "20,3103"
-N_FEATURES = 8  # the DESIGN.md default feature set
+N_FEATURES = 8  # the default feature set (momentum.features.FeatureConfig)
 LARGE_ASSETS = 1000  # from this many assets on, --repeat-large applies
 MARKET_SIZE = 50  # QuantNet market size for synthetic universes
 PAUSE_S = 0.2  # after each timed block: lets both runtimes' spinning workers go idle

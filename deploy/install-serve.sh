@@ -63,7 +63,7 @@ if len(installed) != 1:
     sys.exit(f"expected exactly one of onnxruntime / onnxruntime-gpu, found {sorted(installed)}")
 if extra == "serve-cpu" and installed != {"onnxruntime"}:
     sys.exit(f"serve-cpu must install plain onnxruntime, found {sorted(installed)}")
-# the service never imports torch (DESIGN.md), so the image must not carry its gigabytes
+# the service never imports torch (docs/architecture.md), so the image must not carry its gigabytes
 if importlib.util.find_spec("torch") is not None:
     sys.exit("torch is importable in the serve environment; it must not be installed")
 import onnxruntime  # noqa: E402  (after the checks: a failure above says more)

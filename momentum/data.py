@@ -1,6 +1,6 @@
 """Daily price panels: file loaders, validation, embedded data and a synthetic generator.
 
-Every price panel in the project follows one contract (DESIGN.md, "Data contracts"): a wide
+Every price panel in the project follows one contract: a wide
 ``pandas.DataFrame`` of positive, finite adjusted closes (``float64``) whose index is a
 tz-naive ``DatetimeIndex`` named ``date`` (midnight, strictly increasing, unique) and whose
 columns are ticker strings (column index named ``ticker``). NaN appears only before an asset

@@ -107,7 +107,7 @@ class TrainingWindow(_Strict):
 
 
 class Manifest(_Strict):
-    """Everything needed to serve and audit one exported model (DESIGN.md, "Manifest")."""
+    """Everything needed to serve and audit one exported model."""
 
     format_version: Literal[1] = MANIFEST_VERSION
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -25,7 +25,7 @@ Each term is >= 0, so PSI is 0 only when every bin holds its reference share. Co
 * Non-finite live values (assets not tradable yet, warm-up rows) are ignored; with no finite
   value at all the PSI is NaN (nothing to compare).
 
-Levels (DESIGN.md, "Service"): :data:`PSI_WARN` 0.1 (a shift worth a look),
+Levels: :data:`PSI_WARN` 0.1 (a shift worth a look),
 :data:`PSI_ALERT` 0.2 (the inputs no longer look like training data). Under no drift PSI is
 not exactly zero: with ``n`` live values and ``k`` bins its expectation is about
 ``(k - 1) / n`` (sampling noise), 0.007 for 63 sessions x 20 assets in deciles.

@@ -2,7 +2,7 @@
 
 Domain code raises plain exceptions that say what is wrong; the gRPC layer turns them into
 status codes with :func:`status_for` and nothing else, so a status code is decided in exactly
-one place (DESIGN.md, "Service"):
+one place:
 
 =======================  ===================================================================
 status                   raised for

@@ -11,7 +11,7 @@ service feeds it from the places where things happen:
 * ``observe_closes(universe, newest_date)`` after closes are ingested;
 * ``observe_rpc(method, code, seconds)`` from the gRPC server's interceptor.
 
-Conventions (DESIGN.md, "Service"): names ``momentum_*`` with the base unit last
+Conventions: names ``momentum_*`` with the base unit last
 (``_seconds``, ``_ratio``, ``_timestamp_seconds``); latencies are histograms; a date is
 exported as the Unix time of its midnight UTC; there are no per-ticker labels unless
 ``per_ticker=True`` (20 tickers are fine, 2,000 are a cardinality problem). Gauges that no

@@ -34,7 +34,7 @@ def sp500():
 
 
 def restate(close: pd.Series) -> dict[str, pd.Series]:
-    """DESIGN.md's formulas for one ticker, one pandas call per step."""
+    """The formulas of momentum/features.py's docstring for one ticker, one pandas call per step."""
     close = close.dropna()
     ewm = close.ewm(halflife=252)
     mean, std = ewm.mean(), ewm.std()

@@ -1,6 +1,6 @@
 """The real gRPC server on 127.0.0.1 (ephemeral port) with real client channels.
 
-Every RPC's happy path, each status code of DESIGN.md's table from a real bad request, the
+Every RPC's happy path, each status code of service/errors.py's table from a real bad request, the
 positions stream, health, reflection, bearer-token auth, TLS, message size limits and the
 metrics interceptor. Positions are either written by hand (hand-computable values) or come
 from real cycles of the tiny SLP of the `served_run` fixture.
