@@ -26,8 +26,9 @@ from service.cycle import CycleOptions, CycleResult, check_feature_parity, run_c
 from service.errors import FailedPrecondition
 from service.ingest import IngestResult, ingest_closes, ingest_file
 from service.metrics import DRIFT_WINDOW, ServiceMetrics
-from service.model import ModelHolder
+from service.model import LoadedModel, ModelHolder
 from service.paper import ledger_summary, update_ledger
+from service.queries import cycle_context, service_history
 
 __all__ = ["SignalService", "StoredCycle"]
 
@@ -149,7 +150,7 @@ class SignalService:
             update_ledger(
                 self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
             )
-            self._observe(lambda m: m.observe_cycle(result, engine=self.engine, model=model))
+            self._observe_cycle(result, model)
             self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
         return result
 
@@ -173,9 +174,7 @@ class SignalService:
                 update_ledger(
                     self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
                 )
-                self._observe(
-                    lambda m, r=result: m.observe_cycle(r, engine=self.engine, model=model)
-                )
+                self._observe_cycle(result, model)
                 results.append(result)
                 if each is not None:
                     each(result)
@@ -204,17 +203,18 @@ class SignalService:
         model = self.holder.current
         if model is None:
             return []
-        closes = store.closes_dates(self.engine)
-        if len(closes) == 0:
+        newest = store.newest_close_date(self.engine)
+        if newest is None:
             return []
         done = store.positions_dates(self.engine, model.name, model.version)
         if len(done) == 0:
-            done_any = store.positions_dates(self.engine, model.name)
-            if len(done_any) == 0:
-                return [closes[-1]]
-            done = done_any
+            done = store.positions_dates(self.engine, model.name)
+            if len(done) == 0:
+                return [newest]
+        # only the dates after the last set are read, not the whole history of closes
+        closes = store.closes_dates(self.engine, start=done[-1] + pd.Timedelta(days=1))
         today = exchange_today(self.calendar)
-        return [d for d in closes if d > done[-1] and d <= today]
+        return [d for d in closes if d <= today]
 
     def _writable(self, what: str) -> None:
         if self.read_only:
@@ -284,15 +284,20 @@ class SignalService:
         self._observe_closes()
         model = self.holder.current
         name = model.name if model is not None else self.settings.model_name
-        self._observe(lambda m: m.observe_history(self.engine, name))
+        self._observe(lambda m: m.observe_history(service_history(self.engine, name)))
         self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, name)))
 
     def _observe_closes(self) -> None:
-        def update(metrics: ServiceMetrics) -> None:
-            dates = store.closes_dates(self.engine)
-            metrics.observe_closes(self.settings.universe, dates[-1] if len(dates) else None)
+        self._observe(
+            lambda m: m.observe_closes(self.settings.universe, store.newest_close_date(self.engine))
+        )
 
-        self._observe(update)
+    def _observe_cycle(self, result: CycleResult, model: LoadedModel) -> None:
+        self._observe(
+            lambda m: m.observe_cycle(
+                result, cycle_context(self.engine, result, m.drift_window), model=model
+            )
+        )
 
     # -- subscribers ------------------------------------------------------------------------
 

@@ -1,11 +1,14 @@
 """Prometheus metrics of the signal service, every one defined here and nowhere else.
 
-`ServiceMetrics` owns its own `prometheus_client.CollectorRegistry` (never the process-wide
+`ServiceMetrics` never reads the store: its callers hand it figures (what they read comes
+from :mod:`service.queries`). It owns its own `prometheus_client.CollectorRegistry` (never the process-wide
 default), so several instances (tests, two services in one process) do not collide. The
 service feeds it from the places where things happen:
 
-* ``observe_cycle(result, engine=..., model=...)`` after every cycle, whatever its outcome
-  (the positions stream only sees successful ones);
+* ``observe_cycle(result, context, model=...)`` after every cycle, whatever its outcome
+  (the positions stream only sees successful ones), with what the store holds around it
+  (:func:`service.queries.cycle_context`);
+* ``observe_history(service_history(...))`` at start;
 * ``observe_model(model)`` when the model holder loads or loses a model;
 * ``observe_ledger(ledger_summary(...))`` after the paper ledger is updated;
 * ``observe_closes(universe, newest_date)`` after closes are ingested;
@@ -37,17 +40,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
 from momentum.portfolio import turnover
-from service import store
 from service.calendar import as_date
 from service.cycle import CycleResult
 from service.drift import feature_psi, signal_psi
 from service.model import LoadedModel
 from service.paper import DEFAULT_WINDOW, LedgerSummary
+from service.queries import CycleContext, ServiceHistory
 
 __all__ = [
     "CYCLE_BUCKETS",
@@ -359,7 +361,9 @@ class ServiceMetrics:
         if result.parity_max_abs is not None:
             self.feature_parity.set(result.parity_max_abs)
 
-    def observe_cycle(self, result: CycleResult, *, engine: sa.Engine, model: LoadedModel) -> None:
+    def observe_cycle(
+        self, result: CycleResult, context: CycleContext, *, model: LoadedModel
+    ) -> None:
         """Record one cycle, whatever its outcome.
 
         Every cycle: ``momentum_cycle_duration_seconds`` and ``momentum_cycles_total{status}``.
@@ -376,8 +380,9 @@ class ServiceMetrics:
         ----------
         result : service.cycle.CycleResult
             What `run_cycle` returned.
-        engine : sqlalchemy.Engine
-            The store the cycle wrote to (previous positions and signal history are read).
+        context : service.queries.CycleContext
+            What the store holds around the cycle
+            (``service.queries.cycle_context(engine, result, metrics.drift_window)``).
         model : service.model.LoadedModel
             The model that ran the cycle; its manifest holds the drift reference.
 
@@ -397,27 +402,22 @@ class ServiceMetrics:
         self.cycles.labels(status=result.status).inc()
         if result.status != "succeeded":
             # record_failed_cycle flagged the newest set up to this date stale: count it
-            served = store.latest_positions(engine, model.name, as_of=result.as_of)
-            if served is not None:
-                self.assets_stale.set(int(served["stale"].sum()))
+            if context.served_stale is not None:
+                self.assets_stale.set(context.served_stale)
             return
         self.inference_duration.observe(result.inference_seconds)
         self.observe_parity(result)
         if result.cold_start:
             self.feature_state_rebuilds.inc()
         positions = result.positions
-        previous = store.latest_positions(
-            engine, model.name, as_of=result.as_of - pd.Timedelta(days=1)
-        )
-        figures = portfolio_figures(
-            positions["weight"], None if previous is None else previous["weight"]
-        )
+        figures = portfolio_figures(positions["weight"], context.previous_weights)
         feature_drift = (
             None
             if result.features is None
             else feature_psi(model.manifest, result.features.values[-self.drift_window :])
         )
-        signal_drift = self._signal_psi(engine, model, result.as_of)
+        signals = context.recent_signals
+        signal_drift = signal_psi(model.manifest, signals) if len(signals) else math.nan
 
         self.assets_stale.set(result.n_stale)
         self.turnover.set(figures.turnover)
@@ -438,18 +438,6 @@ class ServiceMetrics:
                 self.ticker_signal.labels(ticker=str(ticker)).set(float(row["signal"]))
         self.last_as_of.set(_date_seconds(result.as_of))
         self.last_success.set(time.time())
-
-    def _signal_psi(self, engine: sa.Engine, model: LoadedModel, as_of: pd.Timestamp) -> float:
-        """Signal PSI of this version's stored sets on its last `drift_window` dates."""
-        # one version only: the manifest's signal deciles describe this version's outputs
-        dates = store.positions_dates(engine, model.name, model.version)
-        dates = dates[dates <= as_of][-self.drift_window :]
-        if len(dates) == 0:
-            return math.nan
-        rows = store.read_positions(
-            engine, model.name, start=dates[0], end=as_of, model_version=model.version
-        )
-        return signal_psi(model.manifest, rows["signal"].to_numpy(dtype=np.float64))
 
     def observe_model(self, model: LoadedModel | None) -> None:
         """Export the model being served (``None``: no model loaded).
@@ -479,17 +467,16 @@ class ServiceMetrics:
                 value = metrics.get(key)
                 gauge.set(math.nan if value is None else value)
 
-    def observe_history(self, engine: sa.Engine, model_name: str) -> None:
-        """At start: the last successful cycle and the stale count from the store, so a
-        restart does not look like a service that never ran (and trip the alerts)."""
-        runs = store.read_cycle_runs(engine, model_name=model_name, status="succeeded", limit=1)
-        if len(runs):
-            finished = pd.Timestamp(runs["finished_at"].iloc[0])
-            self.last_success.set(finished.timestamp())
-            self.last_as_of.set(_date_seconds(runs["as_of"].iloc[0]))
-        latest = store.latest_positions(engine, model_name)
-        if latest is not None:
-            self.assets_stale.set(int(latest["stale"].sum()))
+    def observe_history(self, history: ServiceHistory) -> None:
+        """At start: the last successful cycle and the stale count the store holds
+        (``service.queries.service_history``), so a restart does not look like a service that
+        never ran (and trip the alerts)."""
+        if history.last_success is not None:
+            self.last_success.set(history.last_success.timestamp())
+        if history.last_as_of is not None:
+            self.last_as_of.set(_date_seconds(history.last_as_of))
+        if history.served_stale is not None:
+            self.assets_stale.set(history.served_stale)
 
     def observe_ledger(self, summary: LedgerSummary) -> None:
         """Export the paper ledger's track record (`service.paper.ledger_summary`)."""
@@ -507,7 +494,7 @@ class ServiceMetrics:
         universe : str
             Label value, e.g. ``Settings.universe`` (``"sp500"`` or a price file).
         newest_date : date-like or None
-            E.g. ``service.store.closes_dates(engine)[-1]``.
+            E.g. ``service.store.newest_close_date(engine)``.
         """
         if not isinstance(universe, str) or not universe:
             raise ValueError(f"`universe` must be a non-empty string, got {universe!r}")

@@ -55,6 +55,7 @@ from momentum.metrics import max_drawdown, sharpe_ratio
 from momentum.portfolio import captured_returns, net_returns, turnover
 from service import store
 from service.calendar import get_calendar
+from service.queries import previous_positions
 
 __all__ = ["DEFAULT_WINDOW", "LedgerRow", "LedgerSummary", "ledger_summary", "update_ledger"]
 
@@ -289,13 +290,15 @@ def _mark(
     cost_bps: float,
 ) -> list[LedgerRow]:
     """Ledger rows (equity not yet chained: 0.0) for the positions dates ``dates[todo]``."""
-    # consecutive sets from the one before the first date to mark: turnover's previous row
-    first = max(todo[0] - 1, 0)
+    first = todo[0]
     sets = [_positions_set(conn, name, dates[j]) for j in range(first, todo[-1] + 1)]
-    weights = _weight_panel(sets)  # (n_sets, n_tickers)
+    # the set held before the first date to mark is turnover's previous row
+    previous = previous_positions(conn, name, dates[first])
+    held_before = [] if previous is None else [previous]
+    weights = _weight_panel(held_before + sets)  # (n_sets, n_tickers)
     # the first set ever trades in from zero; `turnover` charges its first row that way
     traded = turnover(weights.to_numpy()).sum(axis=1)  # (n_sets,)
-    rows_in_panel = [i - first for i in todo]
+    rows_in_panel = [i - first + len(held_before) for i in todo]
     held = weights.to_numpy()[rows_in_panel]  # (n_todo, n_tickers)
     moves = _next_returns(closes, weights.columns, dates[todo], nexts[todo])
     unknown = (held != 0.0) & ~np.isfinite(moves)

@@ -67,6 +67,7 @@ __all__ = [
     "latest_positions",
     "metadata",
     "model_loads",
+    "newest_close_date",
     "paper_ledger",
     "positions",
     "positions_dates",
@@ -571,6 +572,13 @@ def first_close_date(bind: sa.Engine | sa.Connection) -> pd.Timestamp | None:
     """The date of the oldest stored close (None when none is stored)."""
     with _reading(bind) as conn:
         value = conn.execute(sa.select(sa.func.min(closes.c.date))).scalar()
+    return None if value is None else pd.Timestamp(_dates([value])[0])
+
+
+def newest_close_date(bind: sa.Engine | sa.Connection) -> pd.Timestamp | None:
+    """The date of the newest stored close (None when none is stored); one index look-up."""
+    with _reading(bind) as conn:
+        value = conn.execute(sa.select(sa.func.max(closes.c.date))).scalar()
     return None if value is None else pd.Timestamp(_dates([value])[0])
 
 

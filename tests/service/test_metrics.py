@@ -22,6 +22,7 @@ from service.ingest import ingest_closes, panel_rows
 from service.metrics import ServiceMetrics, portfolio_figures
 from service.model import load_model
 from service.paper import LedgerSummary, ledger_summary, update_ledger
+from service.queries import cycle_context, service_history
 
 PRICES = load_prices("sp500")
 TICKERS = list(PRICES.columns)
@@ -71,6 +72,11 @@ def _rendered(metrics: ServiceMetrics):
     return _samples(metrics.render().decode())
 
 
+def _observe(metrics: ServiceMetrics, result: CycleResult, engine, model) -> None:
+    """Feed a cycle as the service does: what the store holds around it, then the figures."""
+    metrics.observe_cycle(result, cycle_context(engine, result, metrics.drift_window), model=model)
+
+
 def _date_seconds(day: str) -> float:
     return pd.Timestamp(day, tz="UTC").timestamp()
 
@@ -101,7 +107,7 @@ def test_scraped_metrics_after_cycles(history, model):
     try:
         metrics.observe_model(model)
         first = run_cycle(engine, model, D2)
-        metrics.observe_cycle(first, engine=engine, model=model)
+        _observe(metrics, first, engine, model)
         # the first set ever trades in from zero: turnover = gross exposure
         early = _rendered(metrics)
         assert _value(early, "momentum_portfolio_turnover_ratio") == pytest.approx(
@@ -109,7 +115,7 @@ def test_scraped_metrics_after_cycles(history, model):
         )
         before = time.time()
         second = run_cycle(engine, model, D3)
-        metrics.observe_cycle(second, engine=engine, model=model)
+        _observe(metrics, second, engine, model)
         after = time.time()
         assert first.status == second.status == "succeeded"
         update_ledger(engine, model.name, cost_bps=5.0, calendar="XNYS")
@@ -209,11 +215,11 @@ def test_a_skipped_cycle_counts_but_leaves_the_exposures(history, model):
     engine = history
     metrics = ServiceMetrics()
     good = run_cycle(engine, model, D3)
-    metrics.observe_cycle(good, engine=engine, model=model)
+    _observe(metrics, good, engine, model)
     before = _rendered(metrics)
     skipped = run_cycle(engine, model, "2021-04-01")  # no closes stored for that session
     assert skipped.status == "skipped"
-    metrics.observe_cycle(skipped, engine=engine, model=model)
+    _observe(metrics, skipped, engine, model)
     after = _rendered(metrics)
     assert _value(after, "momentum_cycles_total", status="skipped") == 1
     assert _value(after, "momentum_cycles_total", status="succeeded") == 1
@@ -250,7 +256,7 @@ def test_feature_psi_is_near_zero_on_the_reference_rows_and_alerts_after_a_two_s
     )
     same = dataclasses.replace(model, manifest=reference)
     metrics = ServiceMetrics()
-    metrics.observe_cycle(result, engine=engine, model=same)
+    _observe(metrics, result, engine, same)
     samples = _rendered(metrics)
     for name in names:
         assert _value(samples, "momentum_feature_psi", feature=name) < PSI_WARN, name
@@ -265,7 +271,7 @@ def test_feature_psi_is_near_zero_on_the_reference_rows_and_alerts_after_a_two_s
         result, features=dataclasses.replace(result.features, values=values)
     )
     metrics = ServiceMetrics()
-    metrics.observe_cycle(shifted, engine=engine, model=same)
+    _observe(metrics, shifted, engine, same)
     samples = _rendered(metrics)
     for name in names:
         assert _value(samples, "momentum_feature_psi", feature=name) > PSI_ALERT, name
@@ -299,11 +305,11 @@ def test_signal_psi_covers_this_versions_sets_in_the_trailing_window(sqlite_engi
         positions=frame.assign(stale=False),
     )
     two_sets = ServiceMetrics(drift_window=2)
-    two_sets.observe_cycle(result, engine=engine, model=pinned)
+    _observe(two_sets, result, engine, pinned)
     assert _value(_rendered(two_sets), "momentum_signal_psi") == pytest.approx(0.0, abs=1e-12)
     # three sets of this version: 12 of 30 signals in the top bin, 2 of 30 in each other bin
     three_sets = ServiceMetrics(drift_window=3)
-    three_sets.observe_cycle(result, engine=engine, model=pinned)
+    _observe(three_sets, result, engine, pinned)
     by_hand = 9 * (2 / 30 - 0.1) * math.log(2 / 30 / 0.1) + (12 / 30 - 0.1) * math.log(4)
     assert _value(_rendered(three_sets), "momentum_signal_psi") == pytest.approx(by_hand, rel=1e-12)
     assert by_hand > PSI_ALERT
@@ -313,7 +319,7 @@ def test_per_ticker_gauges_only_when_asked(history, model):
     engine = history
     result = run_cycle(engine, model, D3)
     metrics = ServiceMetrics(per_ticker=True)
-    metrics.observe_cycle(result, engine=engine, model=model)
+    _observe(metrics, result, engine, model)
     samples = _rendered(metrics)
     stored = store.latest_positions(engine, model.name)
     for ticker in TICKERS:
@@ -324,14 +330,14 @@ def test_per_ticker_gauges_only_when_asked(history, model):
             stored.loc[ticker, "signal"], rel=1e-12
         )
     plain = ServiceMetrics()
-    plain.observe_cycle(result, engine=engine, model=model)
+    _observe(plain, result, engine, model)
     assert b"ticker" not in plain.render()
 
 
 def test_feature_psi_series_follow_the_models_features(history, model):
     result = run_cycle(history, model, D3)
     metrics = ServiceMetrics()
-    metrics.observe_cycle(result, engine=history, model=model)
+    _observe(metrics, result, history, model)
     # a model whose features are named differently (same values): the old series go away
     renamed = [f"x{i}" for i in range(model.manifest.n_features)]
     old = model.manifest
@@ -345,9 +351,7 @@ def test_feature_psi_series_follow_the_models_features(history, model):
         }
     )
     first = _rendered(metrics)["momentum_feature_psi"]
-    metrics.observe_cycle(
-        result, engine=history, model=dataclasses.replace(model, manifest=manifest)
-    )
+    _observe(metrics, result, history, dataclasses.replace(model, manifest=manifest))
     second = _rendered(metrics)["momentum_feature_psi"]
     assert sorted(dict(labels)["feature"] for labels in second) == sorted(renamed)
     assert sorted(second.values()) == sorted(first.values())
@@ -357,7 +361,7 @@ def test_observe_cycle_refuses_another_models_result(history, model):
     result = run_cycle(history, model, D3)
     other = dataclasses.replace(model, version="20990101T000000Z-00000000")
     with pytest.raises(ValueError, match="`model` is"):
-        ServiceMetrics().observe_cycle(result, engine=history, model=other)
+        _observe(ServiceMetrics(), result, history, other)
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +384,23 @@ def test_model_info_keeps_one_series_and_drops_the_old_one(model):
     samples = _rendered(metrics)
     assert "momentum_model_info" not in samples
     assert _value(samples, "momentum_model_loaded") == 0
+
+
+def test_a_restarted_service_exports_the_stored_history(history, model):
+    fresh = _rendered(ServiceMetrics())
+    assert _value(fresh, "momentum_last_cycle_as_of_timestamp_seconds") == 0
+    assert run_cycle(history, model, D3).status == "succeeded"
+    skipped = run_cycle(history, model, "2021-04-01")  # no closes: flags the set stale
+    assert skipped.status == "skipped"
+    metrics = ServiceMetrics()
+    metrics.observe_history(service_history(history, model.name))
+    samples = _rendered(metrics)
+    assert _value(samples, "momentum_last_cycle_as_of_timestamp_seconds") == _date_seconds(D3)
+    finished = store.read_cycle_runs(history, status="succeeded", limit=1)["finished_at"].iloc[0]
+    assert _value(samples, "momentum_last_successful_cycle_timestamp_seconds") == pytest.approx(
+        pd.Timestamp(finished).timestamp()
+    )
+    assert _value(samples, "momentum_assets_stale") == len(TICKERS)
 
 
 def test_ledger_figures_are_exported_as_given():
