@@ -17,9 +17,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` stays fast
+    import grpc
+
+    from service.app import SignalService
+    from service.config import Settings
+    from service.cycle import CycleResult
+    from service.model import LoadedModel
 
 __all__ = ["main"]
 
@@ -30,7 +38,7 @@ class CommandError(Exception):
     """A command that cannot do what was asked; printed without a traceback (exit 1)."""
 
 
-def _service(*, chatty: bool = False, **options: Any):  # -> SignalService
+def _service(*, chatty: bool = False, **options: Any) -> SignalService:
     """The service from the settings; one-shot commands log warnings only unless
     MOMENTUM_LOG_LEVEL says otherwise (their own output is the report)."""
     from service.app import SignalService
@@ -44,7 +52,7 @@ def _service(*, chatty: bool = False, **options: Any):  # -> SignalService
     return SignalService(settings, **options)
 
 
-def _model(service):  # -> LoadedModel
+def _model(service: SignalService) -> LoadedModel:
     outcome = service.holder.refresh()
     if outcome.model is None:
         raise CommandError(
@@ -58,7 +66,7 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None or pd.isna(value) else format(value, spec)
 
 
-def _cycle_line(result, ledger_row=None) -> str:
+def _cycle_line(result: CycleResult, ledger_row: argparse.Namespace | None = None) -> str:
     line = f"{result.as_of:%Y-%m-%d} {result.status:<9}"
     if result.status == "succeeded":
         w = result.positions["weight"]
@@ -76,7 +84,7 @@ def _cycle_line(result, ledger_row=None) -> str:
     return line
 
 
-def _summary_lines(service, name: str) -> list[str]:
+def _summary_lines(service: SignalService, name: str) -> list[str]:
     from service.paper import ledger_summary
 
     s = ledger_summary(service.engine, name)
@@ -91,7 +99,7 @@ def _summary_lines(service, name: str) -> list[str]:
     ]
 
 
-def _ledger_row(ledger: pd.DataFrame):
+def _ledger_row(ledger: pd.DataFrame) -> argparse.Namespace | None:
     if ledger.empty:
         return None
     row = ledger.iloc[-1]
@@ -144,7 +152,7 @@ def _replay(args: argparse.Namespace) -> int:
         if day in done:
             print(f"{day:%Y-%m-%d} done earlier", flush=True)
 
-    def show(result) -> None:
+    def show(result: CycleResult) -> None:
         ledger = store.read_ledger(service.engine, model.name, start=result.as_of, end=result.as_of)
         print(_cycle_line(result, _ledger_row(ledger)), flush=True)
 
@@ -176,10 +184,9 @@ def _cycle(args: argparse.Namespace) -> int:
     _model(service)
     day = pd.Timestamp(args.date) if args.date else None
     if day is None:
-        dates = store.closes_dates(service.engine)
-        if len(dates) == 0:
+        day = store.newest_close_date(service.engine)
+        if day is None:
             raise CommandError("no closes stored: ingest some first (momentum-serve ingest FILE)")
-        day = dates[-1]
     result = service.run_session(day)
     print(_cycle_line(result))
     return 0 if result.status == "succeeded" else 1
@@ -205,7 +212,7 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _channel(settings, address: str | None):  # -> grpc.Channel
+def _channel(settings: Settings, address: str | None) -> grpc.Channel:
     """A channel to the service: plaintext, or TLS trusting MOMENTUM_TLS_CERT."""
     import grpc
 

@@ -11,7 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` needs no torch
+    from training.backtest import BacktestConfig
 
 __all__ = ["main"]
 
@@ -223,7 +226,7 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_config(args: argparse.Namespace, **extra: Any):  # -> BacktestConfig
+def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
     from training.backtest import BacktestConfig
 
     return BacktestConfig(

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ from training.datasets import positions_of
 from training.models import get_spec
 from training.models.slp import Slp
 from training.models.tft import Tft
+
+if TYPE_CHECKING:  # a serve extra, imported where a session is made
+    import onnxruntime as ort
 
 __all__ = [
     "OPSET",
@@ -88,10 +92,15 @@ class ExportError(RuntimeError):
     """The exported graph is not a faithful copy of the torch model."""
 
 
-class SpatioTemporalServing(nn.Module):
-    """STMOM models already take the contract tensor."""
+class ServingModule(nn.Module):
+    """A contract wrapper: ``(batch, n_assets, lookback, n_features)`` in, `outputs` out."""
 
-    outputs = (_POSITIONS,)
+    outputs: tuple[OutputSpec, ...] = (_POSITIONS,)
+    model: nn.Module
+
+
+class SpatioTemporalServing(ServingModule):
+    """STMOM models already take the contract tensor."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -101,7 +110,7 @@ class SpatioTemporalServing(nn.Module):
         return self.model(features)  # (batch, assets)
 
 
-class SlpServing(nn.Module):
+class SlpServing(ServingModule):
     """The SLP plus its attributions, own-asset and cross-asset, per output asset and feature."""
 
     outputs = (
@@ -117,6 +126,9 @@ class SlpServing(nn.Module):
             description="pre-activation terms from the other assets' inputs, summed over lags",
         ),
     )
+
+    model: Slp
+    diagonal: Tensor
 
     def __init__(self, model: Slp) -> None:
         super().__init__()
@@ -135,16 +147,16 @@ class SlpServing(nn.Module):
         return self.model(features), own, total - own
 
 
-class SequenceServing(nn.Module):
+class SequenceServing(ServingModule):
     """DMN / TFT: one sequence per asset, ticker ids fixed in the graph, last step kept."""
+
+    ticker_ids: Tensor
 
     def __init__(self, model: nn.Module, n_assets: int) -> None:
         super().__init__()
         self.model = model
         self.n_assets = n_assets
         self.register_buffer("ticker_ids", torch.arange(n_assets), persistent=False)
-
-    outputs = (_POSITIONS,)
 
     def _run(self, features: Tensor) -> tuple[Tensor, ...]:
         _, n_assets, lookback, n_features = features.shape
@@ -186,10 +198,8 @@ class TftServing(SequenceServing):
         )
 
 
-class PanelServing(nn.Module):
+class PanelServing(ServingModule):
     """QuantNet: all assets at every step; the model splits them into markets."""
-
-    outputs = (_POSITIONS,)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -200,7 +210,7 @@ class PanelServing(nn.Module):
         return positions_of(self.model(x))[:, -1]  # (batch, assets)
 
 
-def serving_module(name: str, model: nn.Module, n_assets: int) -> nn.Module:
+def serving_module(name: str, model: nn.Module, n_assets: int) -> ServingModule:
     """The contract wrapper of registry model `name` (its ``outputs`` attribute lists outputs)."""
     layout = get_spec(name).layout
     if isinstance(model, Slp):
@@ -247,7 +257,7 @@ def _quiet_exporter() -> Iterator[None]:
         registration.setLevel(level)
 
 
-def onnx_session(path: str | Path):  # -> onnxruntime.InferenceSession
+def onnx_session(path: str | Path) -> ort.InferenceSession:
     """A CPU onnxruntime session (parity checks are about numbers, not devices)."""
     import onnxruntime as ort
 
@@ -363,7 +373,7 @@ def float32_rounding(wrapper: nn.Module, x: Tensor) -> float:
     return float((single.double() - double).abs().max())
 
 
-def parity(wrapper: nn.Module, session, x: Tensor) -> tuple[float, float]:
+def parity(wrapper: nn.Module, session: ort.InferenceSession, x: Tensor) -> tuple[float, float]:
     """Torch vs onnxruntime on `x`: max abs difference of the positions, and the largest
     difference of any extra output relative to its scale (``max(1, max |torch value|)``).
 

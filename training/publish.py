@@ -32,6 +32,7 @@ from momentum.features import FeatureConfig, Features, compute_features
 from momentum.manifest import (
     QUANTILE_LEVELS,
     Manifest,
+    OnnxInfo,
     TrainingWindow,
     feature_spec,
     fingerprint_prices,
@@ -177,12 +178,12 @@ def _publish(
                 features.values[train_rows[0] : valid_rows[-1] + 1], features.names
             ),
             signal_quantiles=_signal_quantiles(graph, features, valid_rows, lookback),
-            onnx={
-                "sha256": graph.sha256,
-                "size_bytes": graph.size_bytes,
-                "opset": graph.opset,
-                "outputs": [o.model_dump() for o in graph.outputs],
-            },
+            onnx=OnnxInfo(
+                sha256=graph.sha256,
+                size_bytes=graph.size_bytes,
+                opset=graph.opset,
+                outputs=list(graph.outputs),
+            ),
             libraries=_libraries(),
             parity_max_abs_diff=graph.parity_max_abs_diff,
             parity_tolerance=graph.parity_tolerance,
