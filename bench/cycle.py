@@ -18,13 +18,17 @@ its own) the script
    store (a SQLite file, or a new schema of ``--database-url``): closes/s;
 4. runs a *cold start*: the first cycle, with no stored feature state, which
    rebuilds it from the whole stored history;
-5. runs ``--warm`` *warm cycles*, one session each after ingesting its closes,
-   split by phase (read: stored state and closes; features: cleaning, advancing
-   and serialising the state; inference; weights; write: one transaction), and
-   reports their median;
-6. ingests ``--replay`` more sessions and replays them batched
-   (`service.cycle.run_cycles`): sessions/s;
-7. prints the process's peak RSS (the bulk load of step 3 runs in a child
+5. runs ``--warm`` *warm sessions* through `service.app.SignalService.run_session`
+   (the service's whole day: the cycle, the paper ledger, the metrics), one
+   session each after ingesting its closes; reports the median cycle split by
+   phase (read: stored state and closes; features: cleaning, advancing and
+   serialising the state; inference; weights; write: one transaction) and the
+   median session end to end;
+6. times one feature-parity check (the full-history recompute the service runs
+   every ``MOMENTUM_PARITY_EVERY`` cycles, off in the sessions above);
+7. ingests ``--replay`` more sessions and replays them batched
+   (`SignalService.run_sessions`, ledger and metrics included): sessions/s;
+8. prints the process's peak RSS (the bulk load of step 3 runs in a child
    process and reports its own).
 
 Every figure is printed with its inputs; nothing is asserted.
@@ -106,6 +110,26 @@ def _engine(url: str | None, out: Path):
     return engine, "postgresql", drop
 
 
+def _service(engine, registry: Path, name: str, data: Path):
+    """The service as `momentum-serve run` builds it, on this store, with its metrics.
+
+    The parity check is off here (timed on its own): with it on, the first session after
+    start would carry a full-history recompute.
+    """
+    from service.app import SignalService
+    from service.config import Settings
+    from service.metrics import ServiceMetrics
+
+    settings = Settings(
+        registry_dir=registry,
+        model_name=name,
+        universe=str(data),
+        parity_every=0,
+        _env_file=None,
+    )
+    return SignalService(settings, engine=engine, metrics=ServiceMetrics())
+
+
 def _ingest(engine, prices: pd.DataFrame) -> tuple[int, float]:
     from service.ingest import ingest_closes, panel_rows
 
@@ -127,7 +151,7 @@ def _ingest(engine, prices: pd.DataFrame) -> tuple[int, float]:
 
 def run_one(args: argparse.Namespace, n_assets: int) -> None:
     from momentum.registry import promote
-    from service.cycle import run_cycle, run_cycles
+    from service.cycle import check_feature_parity, run_cycle
     from service.model import load_model
 
     out = args.out / f"n{n_assets}"
@@ -223,10 +247,13 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
             f"{cold.seconds:.2f} s; by phase: {_phases(cold.phases)}",
             flush=True,
         )
-        warm, ingest_day = [], []
+        service = _service(engine, registry, name, data)
+        warm, sessions, ingest_day = [], [], []
         for day in cycle_days[1 : 1 + args.warm]:
             ingest_day.append(_ingest(engine, prices.loc[[day]])[1])
-            result = run_cycle(engine, model, day)
+            start = time.perf_counter()
+            result = service.run_session(day)
+            sessions.append(time.perf_counter() - start)
             if result.status != "succeeded" or result.cold_start:
                 raise SystemExit(f"warm cycle {day:%Y-%m-%d}: {result.status} {result.error}")
             warm.append(result)
@@ -237,16 +264,28 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
             f"{_phases(phases)}; the day's ingest {statistics.median(ingest_day) * 1e3:.1f} ms",
             flush=True,
         )
+        print(
+            f"service session (median of {len(sessions)}; cycle + paper ledger + metrics): "
+            f"{statistics.median(sessions) * 1e3:.1f} ms",
+            flush=True,
+        )
+        start = time.perf_counter()
+        check_feature_parity(engine, model, warm[-1])
+        print(
+            f"feature parity check (full-history recompute): "
+            f"{time.perf_counter() - start:.2f} s, max abs difference {warm[-1].parity_max_abs}",
+            flush=True,
+        )
         replay_days = cycle_days[1 + args.warm :]
         if len(replay_days):
             _ingest(engine, prices.loc[replay_days])
             start = time.perf_counter()
-            results = list(run_cycles(engine, model, replay_days))
+            results = service.run_sessions(replay_days)
             seconds = time.perf_counter() - start
             ok = sum(r.status == "succeeded" for r in results)
             print(
-                f"replay (batched): {ok}/{len(replay_days)} sessions in {seconds:.2f} s = "
-                f"{len(replay_days) / seconds:.1f} sessions/s",
+                f"replay (batched, ledger and metrics included): {ok}/{len(replay_days)} "
+                f"sessions in {seconds:.2f} s = {len(replay_days) / seconds:.1f} sessions/s",
                 flush=True,
             )
     finally:

@@ -449,10 +449,9 @@ def cycle_context(
     dates = dates[dates <= result.as_of][-window:]
     signals = np.empty(0, dtype=np.float64)
     if len(dates):
-        rows = store.read_positions(
-            bind, name, start=dates[0], end=result.as_of, model_version=result.model_version
+        signals = store.positions_signals(
+            bind, name, result.model_version, start=dates[0], end=result.as_of
         )
-        signals = rows["signal"].to_numpy(dtype=np.float64)
     return CycleContext(result.n_stale, None if previous is None else previous["weight"], signals)
 
 

@@ -258,6 +258,39 @@ def test_model_versions_are_kept_apart(engine):
     assert store.positions_dates(engine, "slp").tolist() == [D1, D2]
 
 
+def test_the_newest_set_follows_the_latest_succeeded_run_not_failed_ones(engine):
+    store.write_cycle(engine, _run(D1, "v1"), _positions([0.1, 0.1]))
+    store.write_cycle(engine, _run(D1, "v2"), _positions([0.2, 0.2]))
+    store.write_cycle(engine, _run(D1, "v1"), _positions([0.3, 0.3]))  # v1 again: written last
+    assert store.latest_positions(engine, "slp")["signal"].tolist() == [0.3, 0.3]
+    store.record_failed_cycle(engine, {"as_of": D2, "model_name": "slp", "error": "boom"})
+    store.record_failed_cycle(
+        engine, {"as_of": D3, "model_name": "slp", "model_version": "v2", "status": "skipped"}
+    )
+    # failed and skipped runs store no set: the dates and the newest set ignore them
+    assert store.positions_dates(engine, "slp").tolist() == [D1]
+    assert store.positions_dates(engine, "slp", "v2").tolist() == [D1]
+    newest = store.latest_positions(engine, "slp", as_of=D3)
+    assert newest["model_version"].iloc[0] == "v1" and newest["stale"].all()
+    assert store.latest_positions(engine, "slp", model_version="v2")["stale"].tolist() == [
+        False,
+        False,
+    ]
+
+
+def test_positions_signals_reads_one_version_between_two_dates(engine):
+    store.write_cycle(engine, _run(D1, "v1"), _positions([0.1, -0.1]))
+    # a NULL signal (not tradable) reads as NaN
+    store.write_cycle(engine, _run(D2, "v1"), _positions([0.2, np.nan], vol=(0.2, np.nan)))
+    store.write_cycle(engine, _run(D2, "v2"), _positions([0.9, 0.9]))
+    store.write_cycle(engine, _run(D3, "v1"), _positions([0.3, -0.3]))
+    got = store.positions_signals(engine, "slp", "v1", start=D1, end=D2)
+    assert got.dtype == np.float64
+    assert np.isnan(got).sum() == 1
+    assert sorted(got[~np.isnan(got)].tolist()) == [-0.1, 0.1, 0.2]
+    assert len(store.positions_signals(engine, "slp", "v3", start=D1, end=D3)) == 0
+
+
 @pytest.mark.parametrize(
     ("run", "frame", "message"),
     [
