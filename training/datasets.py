@@ -260,10 +260,13 @@ class SequenceLayout(Layout):
 
     name = "sequence"
 
-    def __init__(self, seq_len: int = 63) -> None:
+    def __init__(self, seq_len: int = 63, *, sequences_per_call: int = 2048) -> None:
         if seq_len < 1:
             raise ValueError(f"`seq_len` must be positive, got {seq_len}")
+        if sequences_per_call < 1:
+            raise ValueError(f"`sequences_per_call` must be positive, got {sequences_per_call}")
         self.steps = seq_len
+        self.sequences_per_call = sequences_per_call
 
     def _predict_rows(
         self, model: nn.Module, data: ModelData, rows: np.ndarray, device: torch.device
@@ -277,13 +280,21 @@ class SequenceLayout(Layout):
         # windows that end at their row (all but the first rows of the data) need only the
         # last step: the models' serving path, which skips the other steps' heads
         last_only = bool((offsets == self.steps - 1).all())
-        positions = positions_of(
-            model(
-                torch.from_numpy(np.ascontiguousarray(x)).to(device),
-                torch.from_numpy(tickers).to(device),
-                last_only=last_only,
+        inputs = torch.from_numpy(np.ascontiguousarray(x))
+        ids = torch.from_numpy(tickers)
+        # the model's activations, not its input, set the memory: a TFT of hidden 80 holds
+        # ~0.5 MB per 63-step sequence, so a call sees at most `sequences_per_call` of them
+        parts = [
+            positions_of(
+                model(
+                    inputs[lo : lo + self.sequences_per_call].to(device),
+                    ids[lo : lo + self.sequences_per_call].to(device),
+                    last_only=last_only,
+                )
             )
-        )  # (rows * assets, seq), or (rows * assets, 1) with last_only
+            for lo in range(0, len(inputs), self.sequences_per_call)
+        ]
+        positions = torch.cat(parts)  # (rows * assets, seq), or (rows * assets, 1) with last_only
         step = torch.from_numpy(np.repeat(offsets - (self.steps - positions.shape[1]), n_assets))
         picked = positions[
             torch.arange(positions.shape[0], device=positions.device), step.to(positions.device)

@@ -147,3 +147,19 @@ def test_untradable_entries_get_no_position(data):
     rows = np.arange(0, 400)
     positions = SequenceLayout(10).predict(model, data, rows)
     np.testing.assert_array_equal(np.isnan(positions), ~data.tradable[rows])
+
+
+@pytest.mark.parametrize("name", ["dmn", "tft"])
+def test_sequences_split_across_model_calls_give_the_same_positions(data, name):
+    """A cap on sequences per model call (memory) changes how the work is cut, not the result:
+    each slice keeps its own tickers, and the pieces are put back in order."""
+    spec = REGISTRY[name]
+    torch.manual_seed(0)
+    model = spec.build(spec.tiny()).eval()
+    rows = np.arange(440, 452)
+    whole = SequenceLayout(10).predict(model, data, rows)
+    sliced = SequenceLayout(10, sequences_per_call=7).predict(model, data, rows)
+    assert np.isfinite(whole).sum() > 20
+    np.testing.assert_allclose(sliced, whole, rtol=0, atol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match="`sequences_per_call`"):
+        SequenceLayout(10, sequences_per_call=0)
