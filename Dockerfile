@@ -70,14 +70,16 @@ RUN groupadd --system --gid 10001 momentum \
 
 COPY --from=builder /opt/venv /opt/venv
 
-# MOMENTUM_*: the registry and the store live on the volumes; gRPC listens on every interface
-# of the container. NUMBA_CACHE_DIR: the venv is read-only for the service user, so numba's
+# MOMENTUM_*: the registry and the store live on the volumes; gRPC and the metrics listen on
+# every interface of the container, so gRPC refuses to start without MOMENTUM_GRPC_TOKEN
+# (or MOMENTUM_ALLOW_INSECURE=true, on purpose). NUMBA_CACHE_DIR: the venv is read-only for the service user, so numba's
 # compiled-kernel cache goes to a writable directory (an emptyDir on Kubernetes).
 ENV PATH=/opt/venv/bin:${PATH} \
     MOMENTUM_REGISTRY_DIR=/models \
     MOMENTUM_DATA_DIR=/data \
     MOMENTUM_GRPC_HOST=0.0.0.0 \
     MOMENTUM_GRPC_PORT=50051 \
+    MOMENTUM_METRICS_HOST=0.0.0.0 \
     MOMENTUM_METRICS_PORT=9108 \
     NUMBA_CACHE_DIR=/tmp/numba-cache
 

@@ -279,7 +279,7 @@ def _check_model(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Scheduler, gRPC server and metrics endpoint together, until SIGTERM / Ctrl-C."""
-    from service.grpc_server import GrpcServer
+    from service.grpc_server import GrpcServer, InsecureBind
     from service.metrics import ServiceMetrics
     from service.scheduler import CycleScheduler
 
@@ -294,10 +294,19 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    http, _ = metrics.start_http_server(settings.metrics_port, settings.grpc_host)
-    server = GrpcServer(service, metrics=metrics).start()
+    try:  # built first: an insecure bind is refused before anything listens
+        server = GrpcServer(service, metrics=metrics)
+    except InsecureBind as err:
+        raise CommandError(str(err)) from None
+    metrics.observe_insecure(server.insecure)
+    http, _ = metrics.start_http_server(settings.metrics_port, settings.metrics_host)
+    server.start()
     log.info(
-        "gRPC on %s:%d, metrics on :%d/metrics", server.host, server.port, settings.metrics_port
+        "gRPC on %s:%d, metrics on %s:%d/metrics",
+        server.host,
+        server.port,
+        settings.metrics_host,
+        settings.metrics_port,
     )
     outcome = service.refresh_model()
     service.prime_metrics()

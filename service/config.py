@@ -245,6 +245,22 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         default=50051, ge=1, le=65535, description="Port of the gRPC server (1-65535)."
     )
+    allow_insecure: bool = Field(
+        default=False,
+        description=(
+            "Serve gRPC without a bearer token on a non-loopback `grpc_host`, accepting "
+            "unauthenticated ingests and cycles from the network. Off: such a start is "
+            "refused; on: allowed, with a WARNING and `momentum_insecure_serving` = 1."
+        ),
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description=(
+            "Address the Prometheus `/metrics` endpoint binds to (`0.0.0.0` for all "
+            "interfaces, e.g. in a container scraped from another one)."
+        ),
+    )
     metrics_port: int = Field(
         default=9108,
         ge=1,
@@ -257,7 +273,8 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Bearer token every gRPC call must present (`authorization: Bearer <token>`). "
-            "Unset: no authentication (loopback use only)."
+            "Unset: no authentication, which only a loopback `grpc_host` accepts (see "
+            "`allow_insecure`)."
         ),
     )
     tls_cert: FilePath | None = Field(

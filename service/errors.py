@@ -27,6 +27,7 @@ entry wins: ``ManifestError`` is a ``ValueError`` but maps to FAILED_PRECONDITIO
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -133,12 +134,19 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return StatusCode.INTERNAL
 
 
+# an absolute POSIX path: a slash not preceded by a word character, ':' or '/' (so neither
+# "2021/03/01" nor the "//" of a URL) and followed by a name, e.g. "/models", "/srv/a/b.db"
+_SERVER_PATH = re.compile(r"(?<![\w:/])/[\w.@+-]+(?:/[\w.@+-]*)*")
+
+
 def details_for(exc: BaseException) -> str:
     """The status details a client sees: the message of a mapped error, nothing of a bug.
 
     An unmapped exception (INTERNAL) may carry SQL or file paths; clients get its type only
-    and the server logs the traceback.
+    and the server logs the traceback. A mapped one's message names the problem; any
+    absolute server path in it (a registry or store directory, which the same message
+    names in the server's log and CLI) reads ``<server path>``.
     """
     if status_for(exc) is StatusCode.INTERNAL:
         return f"internal error ({type(exc).__name__}); see the server log"
-    return str(exc) or type(exc).__name__
+    return _SERVER_PATH.sub("<server path>", str(exc)) or type(exc).__name__

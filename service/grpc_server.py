@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from service._proto import signals_pb2 as pb
 from service._proto import signals_pb2_grpc as pb_grpc
 from service.app import SignalService
+from service.config import env_var
 from service.cycle import CycleResult
 from service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from service.ingest import IngestResult
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "SERVICE_NAME",
     "GrpcServer",
+    "InsecureBind",
     "SignalServicer",
     "parse_date",
     "parse_name",
@@ -371,6 +373,10 @@ class SignalServicer(pb_grpc.SignalServiceServicer):
 # --------------------------------------------------------------------------------------------
 
 
+class InsecureBind(RuntimeError):
+    """A non-loopback bind without a bearer token, not allowed by the settings."""
+
+
 def _server_credentials(cert: Path | None, key: Path | None) -> grpc.ServerCredentials | None:
     if cert is None and key is None:
         return None
@@ -440,6 +446,22 @@ class GrpcServer:
         self.health_interval = health_interval
         self._credentials = _server_credentials(settings.tls_cert, settings.tls_key)
         token = settings.grpc_token.get_secret_value() if settings.grpc_token else None
+        # no token on an address other hosts can reach (the CLI exports it as a metric)
+        self.insecure = not token and not _loopback(self.host)
+        if self.insecure and not settings.allow_insecure:
+            raise InsecureBind(
+                f"refusing to serve gRPC on {self.host} without a bearer token: anyone who "
+                "reaches that address could ingest closes and run cycles. Set "
+                f"{env_var('grpc_token')} (e.g. `openssl rand -hex 32`), bind "
+                f"{env_var('grpc_host')}=127.0.0.1, or set {env_var('allow_insecure')}=true "
+                "to accept unauthenticated calls from the network on purpose"
+            )
+        if self.insecure:
+            log.warning(
+                "gRPC on %s accepts unauthenticated calls from the network (%s=true)",
+                self.host,
+                env_var("allow_insecure"),
+            )
         if token and self._credentials is None and not _loopback(self.host):
             log.warning(
                 "the gRPC bearer token travels in plaintext on %s: set tls_cert and tls_key",

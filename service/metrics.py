@@ -8,7 +8,8 @@ service feeds it from the places where things happen:
 * ``observe_cycle(result, context, model=...)`` after every cycle, whatever its outcome
   (the positions stream only sees successful ones), with what the store holds around it
   (:func:`service.queries.cycle_context`);
-* ``observe_history(service_history(...))`` at start;
+* ``observe_history(service_history(...))`` at start, and ``observe_insecure(flag)`` when
+  the gRPC server is built;
 * ``observe_model(model)`` when the model holder loads or loses a model;
 * ``observe_ledger(ledger_summary(...))`` after the paper ledger is updated;
 * ``observe_closes(universe, newest_date)`` after closes are ingested;
@@ -302,6 +303,12 @@ class ServiceMetrics:
             "1 when a model is loaded and serving, else 0.",
             registry=r,
         )
+        self.insecure_serving = Gauge(
+            "momentum_insecure_serving",
+            "1 when gRPC answers unauthenticated calls on a non-loopback address "
+            "(MOMENTUM_ALLOW_INSECURE=true), else 0.",
+            registry=r,
+        )
         # the served model's own backtest, for the alerts (manifest metrics; NaN if unknown)
         self.backtest_turnover = Gauge(
             "momentum_backtest_turnover_ratio",
@@ -477,6 +484,10 @@ class ServiceMetrics:
             self.last_as_of.set(_date_seconds(history.last_as_of))
         if history.served_stale is not None:
             self.assets_stale.set(history.served_stale)
+
+    def observe_insecure(self, insecure: bool) -> None:
+        """Whether gRPC serves the network without a bearer token (allowed on purpose)."""
+        self.insecure_serving.set(1 if insecure else 0)
 
     def observe_ledger(self, summary: LedgerSummary) -> None:
         """Export the paper ledger's track record (`service.paper.ledger_summary`)."""

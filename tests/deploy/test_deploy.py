@@ -704,12 +704,19 @@ def test_read_replicas_run_without_a_scheduler_behind_their_own_service():
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_deployment_reads_the_configmap_and_an_optional_secret():
+def test_the_deployment_reads_the_configmap_and_requires_the_secret():
     (configmap,) = _k8s()["ConfigMap"]
     sources = _container()["envFrom"]
     assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in sources
     (secret,) = [s["secretRef"] for s in sources if "secretRef" in s]
-    assert secret["optional"] is True
+    # the token lives there, and gRPC on 0.0.0.0 refuses to serve without one
+    assert secret.get("optional", False) is False
+    assert _configmap()[env_var("grpc_host")] == "0.0.0.0"
+
+
+def test_compose_requires_a_grpc_token():
+    environment = _compose()["services"]["signal-service"]["environment"]
+    assert re.fullmatch(r"\$\{MOMENTUM_GRPC_TOKEN:\?[^}]+\}", environment["MOMENTUM_GRPC_TOKEN"])
 
 
 def test_configmap_keys_are_settings_and_the_service_accepts_the_values(clean_env, monkeypatch):
@@ -983,6 +990,14 @@ def _alert_cases() -> list[dict[str, Any]]:
             "alert_rule_test": [
                 _quiet("MomentumPaperDrawdownBeyondBacktest", "100m"),
                 _fires("MomentumPaperDrawdownBeyondBacktest", "125m", "critical"),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [_series("momentum_insecure_serving", "0x10 1x10")],
+            "alert_rule_test": [
+                _quiet("MomentumInsecureServing", "5m"),
+                _fires("MomentumInsecureServing", "15m", "warning"),
             ],
         },
         {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -104,6 +105,21 @@ def test_no_model_and_bad_settings_are_clear_errors(clean_env, monkeypatch, caps
     monkeypatch.setenv("MOMENTUM_GRPC_PORT", "70000")
     assert main(["check-model"]) == 2
     assert "MOMENTUM_GRPC_PORT" in capsys.readouterr().err
+
+
+def test_run_on_the_network_without_a_token_refuses_to_start(env, monkeypatch, capsys):
+    grpc_port, metrics_port = _free_port(), _free_port()
+    monkeypatch.setenv("MOMENTUM_GRPC_HOST", "0.0.0.0")
+    monkeypatch.setenv("MOMENTUM_GRPC_PORT", str(grpc_port))
+    monkeypatch.setenv("MOMENTUM_METRICS_PORT", str(metrics_port))
+    assert main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to serve gRPC on 0.0.0.0 without a bearer token" in err
+    assert "MOMENTUM_ALLOW_INSECURE=true" in err
+    # nothing was left listening: both ports are free again
+    for port in (grpc_port, metrics_port):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
 
 
 @pytest.mark.slow

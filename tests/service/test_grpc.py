@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -45,7 +46,7 @@ from service.errors import (
     details_for,
     status_for,
 )
-from service.grpc_server import SERVICE_NAME, GrpcServer
+from service.grpc_server import SERVICE_NAME, GrpcServer, InsecureBind
 from service.ingest import panel_rows
 from service.model import ModelRefused
 
@@ -197,6 +198,19 @@ def test_internal_errors_do_not_echo_the_exception_text():
     assert details_for(NotFound("no model named 'x'")) == "no model named 'x'"
     hidden = details_for(RuntimeError("password=hunter2 in /etc/secret"))
     assert "hunter2" not in hidden and "RuntimeError" in hidden
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("no model 'x' in the registry /models", "no model 'x' in the registry <server path>"),
+        ("bad file /srv/data/a.csv: row 3", "bad file <server path>: row 3"),
+        # not paths: dates with slashes, URLs, relative names, rates, a lone slash
+        ("2021/03/01 http://host:8080/x/y models/slp 5 closes/s a / b", None),
+    ],
+)
+def test_details_never_name_a_server_path(message, shown):
+    assert details_for(NotFound(message)) == (message if shown is None else shown)
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,6 +595,40 @@ def test_reflection_lists_the_service_and_its_methods(connect):
         "GetModel",
         "ListModels",
     }
+
+
+def test_no_server_path_reaches_a_client(connect, registry):
+    """The registry's directory is named in the server's log, never in a status's details."""
+    client = connect()
+    for call, request in (
+        (client.stub.ListModels, pb.ListModelsRequest(name="nope")),
+        (client.stub.GetModel, pb.GetModelRequest(name="nope")),
+        (client.stub.GetPositions, pb.GetPositionsRequest(model_name="nope")),
+    ):
+        error = _rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "'nope'" in error.details() or "nope" in error.details()
+        assert str(registry) not in error.details() and "/" not in error.details(), error.details()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_a_network_bind_without_a_token_is_refused_unless_allowed(connect, host):
+    client = connect(load=False)
+    with pytest.raises(InsecureBind, match="MOMENTUM_GRPC_TOKEN") as refused:
+        GrpcServer(client.service, host=host, port=0)
+    assert "MOMENTUM_ALLOW_INSECURE" in str(refused.value)
+    # with a token, or on loopback, the same server is built
+    token = connect(load=False, grpc_token="s3cret")
+    assert GrpcServer(token.service, host=host, port=0).insecure is False
+    assert GrpcServer(client.service, host="127.0.0.1", port=0).insecure is False
+
+
+def test_an_insecure_bind_allowed_on_purpose_warns_and_says_so(connect, caplog):
+    client = connect(load=False, allow_insecure=True)
+    with caplog.at_level(logging.WARNING, logger="service.grpc_server"):
+        server = GrpcServer(client.service, host="0.0.0.0", port=0)
+    assert server.insecure is True
+    assert any("unauthenticated calls from the network" in r.message for r in caplog.records)
 
 
 def test_a_second_server_on_a_port_in_use_fails_to_start(connect):

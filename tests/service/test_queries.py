@@ -75,9 +75,7 @@ def test_cycle_context_of_a_succeeded_cycle(engine):
     context = cycle_context(engine, _result("2021-03-30"), window=2)
     # the previous set is v2's of 03-29 (any version), the signals v1's last two dates
     assert context.previous_weights.tolist() == [0.4, 0.5, 0.6]
-    np.testing.assert_array_equal(
-        np.sort(context.recent_signals), [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
-    )
+    np.testing.assert_array_equal(np.sort(context.recent_signals), [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     assert context.served_stale == 1  # the cycle's own count
     wide = cycle_context(engine, _result("2021-03-30"), window=10)
     assert len(wide.recent_signals) == 9  # three v1 dates up to 03-30
