@@ -490,6 +490,8 @@ def test_ledger_refuses_non_finite_values(engine):
 
 def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeypatch):
     monkeypatch.setattr(store, "_BULK_ROWS", 7)  # many chunks, ticker lengths mixed in each
+    # read back in batches of 11 rows: dates and tickers straddle batches, each one seen anew
+    monkeypatch.setattr(store, "_FETCH_ROWS", 11)
     # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
     tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
     dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
@@ -504,6 +506,15 @@ def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeyp
     assert store.insert_closes(engine, rows, source="bulk-ÿ", ingested_at=stamp) == len(rows)
     back = store.read_closes(engine)
     pd.testing.assert_frame_equal(back, panel.rename_axis(index="date", columns="ticker"))
+    # a column order asked for, with a ticker never stored, and a date window
+    window = store.read_closes(
+        engine, start=dates[3], end=dates[30], tickers=["EEEEEEEEEE", "ZZZ", "A"]
+    )
+    expected = panel.loc[dates[3] : dates[30], ["EEEEEEEEEE", "A"]]
+    pd.testing.assert_frame_equal(
+        window.drop(columns="ZZZ"), expected.rename_axis(index="date", columns="ticker")
+    )
+    assert window["ZZZ"].isna().all()
     with engine.connect() as conn:
         meta = conn.execute(sa.select(store.closes.c.source, store.closes.c.ingested_at)).all()
     assert {m.source for m in meta} == {"bulk-ÿ"} and {m.ingested_at for m in meta} == {stamp}
