@@ -28,6 +28,7 @@ from service.ingest import IngestResult, ingest_closes, ingest_file
 from service.metrics import DRIFT_WINDOW, ServiceMetrics
 from service.model import LoadedModel, ModelHolder
 from service.paper import ledger_summary, update_ledger
+from service.plausibility import PlausibilityRules
 from service.queries import cycle_context, service_history
 
 __all__ = ["SignalService", "StoredCycle"]
@@ -71,6 +72,11 @@ class SignalService:
             drift_rows=metrics.drift_window if metrics is not None else DRIFT_WINDOW,
             keep_states=settings.feature_states_kept,
         )
+        self.plausibility = PlausibilityRules(
+            min_close=settings.min_close,
+            max_close=settings.max_close,
+            max_ratio=settings.max_close_ratio,
+        )
         self._cycles_run = 0  # parity is checked on the first cycle and every parity_every
         self.holder = ModelHolder(
             settings.registry_dir,
@@ -112,6 +118,7 @@ class SignalService:
             today=today,
             correction=correction,
             source=source,
+            rules=self.plausibility,
         )
         self._observe_closes()
         return result
@@ -119,7 +126,12 @@ class SignalService:
     def ingest_file(self, path: str, *, correction: bool = False) -> IngestResult:
         self._writable("ingest closes")
         result = ingest_file(
-            self.engine, path, universe=self.tickers, calendar=self.calendar, correction=correction
+            self.engine,
+            path,
+            universe=self.tickers,
+            calendar=self.calendar,
+            correction=correction,
+            rules=self.plausibility,
         )
         self._observe_closes()
         return result

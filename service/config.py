@@ -192,6 +192,27 @@ class Settings(BaseSettings):
             "Transaction cost of the paper ledger in basis points per unit of turnover (>= 0)."
         ),
     )
+    min_close: float = Field(
+        default=1e-4,
+        gt=0,
+        description=("Smallest plausible close: ingest rejects a lower one with its row (> 0)."),
+    )
+    max_close: float = Field(
+        default=1e7,
+        gt=0,
+        description=(
+            "Largest plausible close: ingest rejects a higher one with its row (above `min_close`)."
+        ),
+    )
+    max_close_ratio: float = Field(
+        default=5.0,
+        gt=1,
+        description=(
+            "Largest ratio of a close to its ticker's previous close, either way (> 1): "
+            "ingest rejects a bigger jump with the ratio in the reason, unless the row is sent "
+            "with `override` (a split or crash someone checked)."
+        ),
+    )
     stale_policy: Literal["skip", "carry"] = Field(
         default="skip",
         description=(
@@ -351,6 +372,14 @@ class Settings(BaseSettings):
                 "unknown exchange calendar (see exchange_calendars.get_calendar_names(); "
                 "e.g. XNYS, XLON, XTKS)"
             )
+        return value
+
+    @field_validator("max_close")
+    @classmethod
+    def _close_range(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_close")
+        if low is not None and not value > low:
+            raise ValueError(f"must be above {env_var('min_close')} ({low:g}), got {value:g}")
         return value
 
     @field_validator("metrics_port")

@@ -34,6 +34,7 @@ import pandas as pd
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import store
 from service._proto import signals_pb2 as pb
 from service._proto import signals_pb2_grpc as pb_grpc
 from service.app import SignalService
@@ -78,7 +79,7 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # registry names and versions become directory names: the settings' pattern, so a request can
 # never reach outside the registry ("../x" is refused before any path is built)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_NAME_LENGTH = 128
+_NAME_LENGTH = store.NAME_LENGTH
 _CACHE_SIZE = 256  # encoded messages kept, as many as the reader's cached sets
 
 
@@ -172,12 +173,14 @@ def _positions_message(found: PositionsSet) -> pb.Positions:
 
 
 def _closes_frame(request: pb.IngestClosesRequest) -> pd.DataFrame:
-    """The request's closes as the long ``date, ticker, close`` frame `ingest` validates."""
+    """The request's closes as the long ``date, ticker, close, override`` frame `ingest`
+    validates."""
     return pd.DataFrame(
         {
             "date": pd.array([c.date for c in request.closes], dtype=object),
             "ticker": pd.array([c.ticker for c in request.closes], dtype=object),
             "close": np.array([c.close for c in request.closes], dtype=np.float64),
+            "override": np.array([c.override for c in request.closes], dtype=bool),
         }
     )
 

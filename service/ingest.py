@@ -10,8 +10,10 @@ Three entry points feed the ``closes`` table of :mod:`service.store`:
 
 Each row is checked for: a known ticker (in the universe), a date that is a session of the
 exchange calendar and not in the future (in the exchange's time zone), a finite positive close,
-no conflicting duplicate inside the batch, and no conflict with a close already stored for the
-same date and ticker (beyond a relative difference of 1e-12). Re-sending a stored close is a
+no conflicting duplicate inside the batch, no conflict with a close already stored for the
+same date and ticker (beyond a relative difference of 1e-12), and a plausible close
+(:mod:`service.plausibility`: an absolute range, and no jump beyond a ratio from the previous
+close unless the row's ``override`` flag is set). Re-sending a stored close is a
 no-op; ``correction=True`` overwrites conflicting stored closes and logs each change (table
 ``close_corrections`` and a WARNING log line). A batch with *any* rejected row is rejected
 whole: nothing is stored, and every offending row is reported with its reasons.
@@ -36,6 +38,7 @@ import sqlalchemy as sa
 from momentum.data import PriceDataError, load_prices
 from service import store
 from service.calendar import as_date, exchange_today, get_calendar, sessions_between
+from service.plausibility import PlausibilityRules, check_plausible
 
 __all__ = [
     "CLOSE_RTOL",
@@ -138,6 +141,7 @@ def ingest_closes(
     today: Any = None,
     correction: bool = False,
     source: str = "batch",
+    rules: PlausibilityRules | None = None,
 ) -> IngestResult:
     """Validate a batch of closes and store it in one transaction, or reject it whole.
 
@@ -146,10 +150,11 @@ def ingest_closes(
     engine : sqlalchemy.Engine or sqlalchemy.Connection
         The store (a connection joins the caller's transaction).
     rows : pandas.DataFrame
-        Long: exactly the columns ``date, ticker, close`` (any case), one row per close,
-        shape ``(n_rows, 3)``. Dates are ISO strings, ``datetime.date`` or timestamps (a time
-        of day is dropped, a time zone removed: the wall-clock date counts); closes numbers or
-        numeric strings.
+        Long: the columns ``date, ticker, close`` (any case), and optionally ``override``, one
+        row per close, shape ``(n_rows, 3 or 4)``. Dates are ISO strings, ``datetime.date`` or
+        timestamps (a time of day is dropped, a time zone removed: the wall-clock date
+        counts); closes numbers or numeric strings; ``override`` booleans (or ``true`` /
+        ``false``, ``1`` / ``0``; missing: false) exempting a row from the jump check.
     universe : sequence of str
         The tickers the service trades; any other ticker is rejected.
     calendar : str or exchange_calendars.ExchangeCalendar
@@ -161,7 +166,10 @@ def ingest_closes(
         Overwrite stored closes that conflict with the batch (logged in
         ``close_corrections``) instead of rejecting those rows.
     source : str, default "batch"
-        Recorded with each stored close.
+        Recorded with each stored close (at most ``store.NAME_LENGTH`` characters).
+    rules : PlausibilityRules, optional
+        Absolute range and largest ratio to the previous close
+        (:mod:`service.plausibility`); default ``PlausibilityRules()``.
 
     Returns
     -------
@@ -182,6 +190,11 @@ def ingest_closes(
         raise TypeError(f"`correction` must be a bool, got {type(correction).__name__}")
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"`source` must be a non-empty string, got {source!r}")
+    if len(source) > store.NAME_LENGTH:
+        raise ValueError(
+            f"`source` must be at most {store.NAME_LENGTH} characters, got {len(source)}"
+        )
+    rules = PlausibilityRules() if rules is None else rules
     batch = _normalise(rows)
     if len(batch) == 0:
         return IngestResult(0, 0, 0, [])
@@ -192,6 +205,7 @@ def ingest_closes(
     _check_tickers(batch, allowed, reasons)
     _check_dates(batch, cal, day, reasons)
     _check_closes(batch, reasons)
+    _check_overrides(batch, reasons)
     repeat = _check_duplicates(batch, reasons)  # True: identical copy of an earlier row
 
     with store.transaction(engine) as conn:
@@ -211,6 +225,9 @@ def ingest_closes(
                     f"conflicts with the stored close {float(stored[i])!r} (got "
                     f"{float(closes[i])!r}); send it with the correction flag to overwrite"
                 )
+        valid = np.ones(len(batch), dtype=bool)
+        valid[list(reasons)] = False
+        check_plausible(conn, batch, valid, batch["override"].to_numpy(), rules, reasons)
         dates = pd.DatetimeIndex(batch["date"])
         tickers = batch["ticker"].to_numpy()
         rejections = [
@@ -264,12 +281,18 @@ def _normalise(rows: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(rows, pd.DataFrame):
         raise TypeError(f"`rows` must be a pandas DataFrame, got {type(rows).__name__}")
     names = [str(c).strip().lower() for c in rows.columns]
-    if sorted(names) != sorted(_COLUMNS):
+    if sorted(names) not in (sorted(_COLUMNS), sorted((*_COLUMNS, "override"))):
         raise ValueError(
-            f"`rows` must have exactly the columns date, ticker, close, got {list(rows.columns)}"
+            "`rows` must have the columns date, ticker, close and optionally override, got "
+            f"{list(rows.columns)}"
         )
     columns = {name: rows.iloc[:, k] for k, name in enumerate(names)}
     raw_dates, raw_tickers, raw_closes = (columns[c] for c in _COLUMNS)
+    flags = (
+        np.zeros(len(rows), dtype=np.int8)
+        if "override" not in columns
+        else _per_value(columns["override"], _flag, 0, np.int8)
+    )
     return pd.DataFrame(
         {
             "date": _parse_dates(raw_dates),
@@ -281,8 +304,25 @@ def _normalise(rows: pd.DataFrame) -> pd.DataFrame:
             else np.full(len(rows), np.nan),
             "raw_date": raw_dates.to_numpy(),
             "raw_close": raw_closes.to_numpy(),
+            "override": flags == 1,
+            "bad_override": flags == -1,
+            "raw_override": columns["override"].to_numpy() if "override" in columns else None,
         }
     )
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no", ""})
+
+
+def _flag(value: Any) -> int:
+    """An ``override`` cell: 1 true, 0 false, -1 neither (a rejection)."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, int | np.integer) and value in (0, 1):
+        return int(value)
+    text = str(value).strip().lower()
+    return 1 if text in _TRUE else 0 if text in _FALSE else -1
 
 
 def _per_value(column: pd.Series, parse: Any, missing: Any, dtype: Any) -> np.ndarray:
@@ -408,6 +448,15 @@ def _check_dates(
     )
 
 
+def _check_overrides(batch: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
+    raws = batch["raw_override"].to_numpy()
+    _add(
+        reasons,
+        np.flatnonzero(batch["bad_override"].to_numpy()),
+        lambda i: f"override {raws[i]!r} is not true or false",
+    )
+
+
 def _check_closes(batch: pd.DataFrame, reasons: dict[int, list[str]]) -> None:
     closes = batch["close"].to_numpy()
     raws = batch["raw_close"].to_numpy()
@@ -520,6 +569,7 @@ def ingest_file(
     today: Any = None,
     correction: bool = False,
     source: str | None = None,
+    rules: PlausibilityRules | None = None,
 ) -> IngestResult:
     """Validate and store the closes of a CSV or Parquet file (wide or long).
 
@@ -534,7 +584,7 @@ def ingest_file(
     path : str or path-like
         ``.csv``, ``.csv.gz``, ``.parquet`` or ``.pq``; layouts as for ``load_prices``. (A
         name in :data:`momentum.data.EMBEDDED` loads that embedded dataset.)
-    universe, calendar, today, correction
+    universe, calendar, today, correction, rules
         As for :func:`ingest_closes`.
     source : str, optional
         Recorded with each close; default the file name.
@@ -566,7 +616,8 @@ def ingest_file(
         calendar=calendar,
         today=today,
         correction=correction,
-        source=Path(label).name if source is None else source,
+        source=Path(label).name[: store.NAME_LENGTH] if source is None else source,
+        rules=rules,
     )
 
 

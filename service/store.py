@@ -52,6 +52,8 @@ from service.calendar import as_date
 
 __all__ = [
     "CYCLE_STATUSES",
+    "NAME_LENGTH",
+    "TICKER_LENGTH",
     "close_corrections",
     "closes",
     "closes_dates",
@@ -95,8 +97,12 @@ _DATE_DTYPE = np.dtype(str(pd.date_range("2000-01-03", periods=1).dtype))
 _BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer before failing
 _WRITE = "momentum_write"  # execution option: this connection is about to write
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-_NAME_LENGTH = 128  # model names, versions, sources
-_TICKER_LENGTH = 64
+NAME_LENGTH = 128
+"""Longest model name, version or close source the store keeps (the schema's width)."""
+TICKER_LENGTH = 64
+"""Longest ticker the store keeps (SQLite does not enforce a width: the callers do)."""
+_NAME_LENGTH = NAME_LENGTH
+_TICKER_LENGTH = TICKER_LENGTH
 
 
 class _UtcDateTime(sa.types.TypeDecorator[datetime]):

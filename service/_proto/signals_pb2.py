@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19momentum/v1/signals.proto\x12\x0bmomentum.v1\"O\n\x13GetPositionsRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\",\n\x16StreamPositionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\xc5\x01\n\rAssetPosition\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x13\n\x06signal\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x61nnualised_vol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rtarget_weight\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\x0fprevious_weight\x18\x05 \x01(\x01\x12\r\n\x05stale\x18\x06 \x01(\x08\x42\t\n\x07_signalB\x11\n\x0f_annualised_volB\x10\n\x0e_target_weight\"\xa5\x01\n\tPositions\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x61ta_cutoff\x18\x04 \x01(\t\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x0e\n\x06run_id\x18\x06 \x01(\x03\x12*\n\x06\x61ssets\x18\x07 \x03(\x0b\x32\x1a.momentum.v1.AssetPosition\"4\n\x05\x43lose\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06ticker\x18\x02 \x01(\t\x12\r\n\x05\x63lose\x18\x03 \x01(\x01\"]\n\x13IngestClosesRequest\x12\"\n\x06\x63loses\x18\x01 \x03(\x0b\x32\x12.momentum.v1.Close\x12\x12\n\ncorrection\x18\x02 \x01(\x08\x12\x0e\n\x06source\x18\x03 \x01(\t\"F\n\tRejection\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x0e\n\x06ticker\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"z\n\x14IngestClosesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tunchanged\x18\x02 \x01(\x05\x12\x11\n\tcorrected\x18\x03 \x01(\x05\x12*\n\nrejections\x18\x04 \x03(\x0b\x32\x16.momentum.v1.Rejection\"\x1f\n\x0fRunCycleRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\"\xbc\x01\n\x08\x43ycleRun\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x61ta_cutoff\x18\x07 \x01(\t\x12\x10\n\x08n_assets\x18\x08 \x01(\x05\x12\x0f\n\x07n_stale\x18\t \x01(\x05\x12\x0f\n\x07seconds\x18\n \x01(\x01\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xb4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x11\n\tloaded_at\x18\x07 \x01(\t\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x12\n\nproduction\x18\t \x01(\x08\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.momentum.v1.ModelInfo2\xd2\x03\n\rSignalService\x12H\n\x0cGetPositions\x12 .momentum.v1.GetPositionsRequest\x1a\x16.momentum.v1.Positions\x12P\n\x0fStreamPositions\x12#.momentum.v1.StreamPositionsRequest\x1a\x16.momentum.v1.Positions0\x01\x12S\n\x0cIngestCloses\x12 .momentum.v1.IngestClosesRequest\x1a!.momentum.v1.IngestClosesResponse\x12?\n\x08RunCycle\x12\x1c.momentum.v1.RunCycleRequest\x1a\x15.momentum.v1.CycleRun\x12@\n\x08GetModel\x12\x1c.momentum.v1.GetModelRequest\x1a\x16.momentum.v1.ModelInfo\x12M\n\nListModels\x12\x1e.momentum.v1.ListModelsRequest\x1a\x1f.momentum.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19momentum/v1/signals.proto\x12\x0bmomentum.v1\"O\n\x13GetPositionsRequest\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\",\n\x16StreamPositionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\xc5\x01\n\rAssetPosition\x12\x0e\n\x06ticker\x18\x01 \x01(\t\x12\x13\n\x06signal\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x61nnualised_vol\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rtarget_weight\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\x0fprevious_weight\x18\x05 \x01(\x01\x12\r\n\x05stale\x18\x06 \x01(\x08\x42\t\n\x07_signalB\x11\n\x0f_annualised_volB\x10\n\x0e_target_weight\"\xa5\x01\n\tPositions\x12\r\n\x05\x61s_of\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x61ta_cutoff\x18\x04 \x01(\t\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x0e\n\x06run_id\x18\x06 \x01(\x03\x12*\n\x06\x61ssets\x18\x07 \x03(\x0b\x32\x1a.momentum.v1.AssetPosition\"F\n\x05\x43lose\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0e\n\x06ticker\x18\x02 \x01(\t\x12\r\n\x05\x63lose\x18\x03 \x01(\x01\x12\x10\n\x08override\x18\x04 \x01(\x08\"]\n\x13IngestClosesRequest\x12\"\n\x06\x63loses\x18\x01 \x03(\x0b\x32\x12.momentum.v1.Close\x12\x12\n\ncorrection\x18\x02 \x01(\x08\x12\x0e\n\x06source\x18\x03 \x01(\t\"F\n\tRejection\x12\x0b\n\x03row\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12\x0e\n\x06ticker\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"z\n\x14IngestClosesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tunchanged\x18\x02 \x01(\x05\x12\x11\n\tcorrected\x18\x03 \x01(\x05\x12*\n\nrejections\x18\x04 \x03(\x0b\x32\x16.momentum.v1.Rejection\"\x1f\n\x0fRunCycleRequest\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\"\xbc\x01\n\x08\x43ycleRun\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12\r\n\x05\x61s_of\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x61ta_cutoff\x18\x07 \x01(\t\x12\x10\n\x08n_assets\x18\x08 \x01(\x05\x12\x0f\n\x07n_stale\x18\t \x01(\x05\x12\x0f\n\x07seconds\x18\n \x01(\x01\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xb4\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x11\n\tloaded_at\x18\x07 \x01(\t\x12\x0f\n\x07serving\x18\x08 \x01(\x08\x12\x12\n\nproduction\x18\t \x01(\x08\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.momentum.v1.ModelInfo2\xd2\x03\n\rSignalService\x12H\n\x0cGetPositions\x12 .momentum.v1.GetPositionsRequest\x1a\x16.momentum.v1.Positions\x12P\n\x0fStreamPositions\x12#.momentum.v1.StreamPositionsRequest\x1a\x16.momentum.v1.Positions0\x01\x12S\n\x0cIngestCloses\x12 .momentum.v1.IngestClosesRequest\x1a!.momentum.v1.IngestClosesResponse\x12?\n\x08RunCycle\x12\x1c.momentum.v1.RunCycleRequest\x1a\x15.momentum.v1.CycleRun\x12@\n\x08GetModel\x12\x1c.momentum.v1.GetModelRequest\x1a\x16.momentum.v1.ModelInfo\x12M\n\nListModels\x12\x1e.momentum.v1.ListModelsRequest\x1a\x1f.momentum.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,25 +41,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSITIONS']._serialized_start=370
   _globals['_POSITIONS']._serialized_end=535
   _globals['_CLOSE']._serialized_start=537
-  _globals['_CLOSE']._serialized_end=589
-  _globals['_INGESTCLOSESREQUEST']._serialized_start=591
-  _globals['_INGESTCLOSESREQUEST']._serialized_end=684
-  _globals['_REJECTION']._serialized_start=686
-  _globals['_REJECTION']._serialized_end=756
-  _globals['_INGESTCLOSESRESPONSE']._serialized_start=758
-  _globals['_INGESTCLOSESRESPONSE']._serialized_end=880
-  _globals['_RUNCYCLEREQUEST']._serialized_start=882
-  _globals['_RUNCYCLEREQUEST']._serialized_end=913
-  _globals['_CYCLERUN']._serialized_start=916
-  _globals['_CYCLERUN']._serialized_end=1104
-  _globals['_GETMODELREQUEST']._serialized_start=1106
-  _globals['_GETMODELREQUEST']._serialized_end=1154
-  _globals['_MODELINFO']._serialized_start=1157
-  _globals['_MODELINFO']._serialized_end=1337
-  _globals['_LISTMODELSREQUEST']._serialized_start=1339
-  _globals['_LISTMODELSREQUEST']._serialized_end=1372
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1374
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1434
-  _globals['_SIGNALSERVICE']._serialized_start=1437
-  _globals['_SIGNALSERVICE']._serialized_end=1903
+  _globals['_CLOSE']._serialized_end=607
+  _globals['_INGESTCLOSESREQUEST']._serialized_start=609
+  _globals['_INGESTCLOSESREQUEST']._serialized_end=702
+  _globals['_REJECTION']._serialized_start=704
+  _globals['_REJECTION']._serialized_end=774
+  _globals['_INGESTCLOSESRESPONSE']._serialized_start=776
+  _globals['_INGESTCLOSESRESPONSE']._serialized_end=898
+  _globals['_RUNCYCLEREQUEST']._serialized_start=900
+  _globals['_RUNCYCLEREQUEST']._serialized_end=931
+  _globals['_CYCLERUN']._serialized_start=934
+  _globals['_CYCLERUN']._serialized_end=1122
+  _globals['_GETMODELREQUEST']._serialized_start=1124
+  _globals['_GETMODELREQUEST']._serialized_end=1172
+  _globals['_MODELINFO']._serialized_start=1175
+  _globals['_MODELINFO']._serialized_end=1355
+  _globals['_LISTMODELSREQUEST']._serialized_start=1357
+  _globals['_LISTMODELSREQUEST']._serialized_end=1390
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1392
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1452
+  _globals['_SIGNALSERVICE']._serialized_start=1455
+  _globals['_SIGNALSERVICE']._serialized_end=1921
 # @@protoc_insertion_point(module_scope)

@@ -58,14 +58,16 @@ class Positions(_message.Message):
     def __init__(self, as_of: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., data_cutoff: _Optional[str] = ..., stale: _Optional[bool] = ..., run_id: _Optional[int] = ..., assets: _Optional[_Iterable[_Union[AssetPosition, _Mapping]]] = ...) -> None: ...
 
 class Close(_message.Message):
-    __slots__ = ("date", "ticker", "close")
+    __slots__ = ("date", "ticker", "close", "override")
     DATE_FIELD_NUMBER: _ClassVar[int]
     TICKER_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     date: str
     ticker: str
     close: float
-    def __init__(self, date: _Optional[str] = ..., ticker: _Optional[str] = ..., close: _Optional[float] = ...) -> None: ...
+    override: bool
+    def __init__(self, date: _Optional[str] = ..., ticker: _Optional[str] = ..., close: _Optional[float] = ..., override: _Optional[bool] = ...) -> None: ...
 
 class IngestClosesRequest(_message.Message):
     __slots__ = ("closes", "correction", "source")

@@ -356,6 +356,25 @@ def test_ingest_lists_every_rejected_row_and_stores_nothing_then_corrects(connec
     assert store.read_closes(sqlite_engine, tickers=["AAPL"]).iloc[0, 0] == 121.0
 
 
+def test_an_implausible_close_is_rejected_over_grpc_unless_overridden(connect, sqlite_engine):
+    client = connect(load=False, max_close_ratio=4.0)
+    first = _closes([("2021-03-29", "AAPL", 120.0)])
+    assert client.stub.IngestCloses(pb.IngestClosesRequest(closes=first), timeout=WAIT).accepted
+    jump = _closes([("2021-03-30", "AAPL", 120_000.0)])
+    rejected = client.stub.IngestCloses(pb.IngestClosesRequest(closes=jump), timeout=WAIT)
+    (reason,) = [r.reason for r in rejected.rejections]
+    assert "1000x the previous close 120.0, beyond the plausible 4x" in reason
+    assert "override" in reason
+    checked = [pb.Close(date="2021-03-30", ticker="AAPL", close=12.0, override=True)]
+    assert client.stub.IngestCloses(pb.IngestClosesRequest(closes=checked), timeout=WAIT).accepted
+    too_long = pb.IngestClosesRequest(
+        closes=_closes([("2021-03-31", "AAPL", 12.1)]), source="x" * 200
+    )
+    error = _rpc_error(client.stub.IngestCloses, too_long)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "`source`" in error.details()
+    assert store.read_closes(sqlite_engine)["AAPL"].tolist() == [120.0, 12.0]
+
+
 def test_get_model_and_list_models_describe_registry_versions(connect, registry, served_run):
     name, version = served_run["name"], served_run["version"]
     other = _publish_reversed(registry, name, version)  # published, never promoted

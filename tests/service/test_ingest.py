@@ -187,7 +187,7 @@ def test_future_is_judged_in_the_exchange_time_zone_by_default(engine):
 
 
 def test_malformed_batches_are_programming_errors(engine):
-    with pytest.raises(ValueError, match="exactly the columns date, ticker, close"):
+    with pytest.raises(ValueError, match="the columns date, ticker, close and optionally override"):
         _ingest(engine, pd.DataFrame({"date": ["2022-01-05"], "close": [1.0]}))
     with pytest.raises(TypeError, match="`rows` must be a pandas DataFrame"):
         _ingest(engine, [("2022-01-05", "AAA", 1.0)])
