@@ -36,6 +36,7 @@ import pandas as pd
 
 __all__ = [
     "EMBEDDED",
+    "MISSING_TOKENS",
     "PriceDataError",
     "SyntheticPanel",
     "load_index",
@@ -66,7 +67,8 @@ _SP500_SECTORS: dict[str, tuple[str, ...]] = {
 }
 
 # Cell texts that mean "no price" (compared after strip + lower-case).
-_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "#n/a"})
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "#n/a"})
+"""Cell texts of a price file that mean "no price" by default (stripped, lower case)."""
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -130,7 +132,12 @@ class PriceDataError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def load_prices(source: str | os.PathLike[str] = "sp500", *, max_fill: int = 5) -> pd.DataFrame:
+def load_prices(
+    source: str | os.PathLike[str] = "sp500",
+    *,
+    max_fill: int = 5,
+    missing: frozenset[str] = MISSING_TOKENS,
+) -> pd.DataFrame:
     """Load a validated price panel.
 
     Parameters
@@ -145,6 +152,10 @@ def load_prices(source: str | os.PathLike[str] = "sp500", *, max_fill: int = 5) 
     max_fill : int, default 5
         Longest run of missing sessions inside a ticker's history that is forward-filled;
         longer runs raise. ``0`` forbids interior gaps.
+    missing : frozenset of str, default MISSING_TOKENS
+        Cell texts (stripped, lower case) of a text file that mean "no price". The service's
+        ingest passes ``frozenset({""})``: there only an empty cell is missing and a literal
+        ``nan`` is refused as not a number, as it is over gRPC.
 
     Returns
     -------
@@ -162,7 +173,7 @@ def load_prices(source: str | os.PathLike[str] = "sp500", *, max_fill: int = 5) 
     if _is_embedded(source):
         return _embedded_prices(str(source), max_fill).copy()
     path, label = _resolve(source)
-    return _validate(_read_table(path, label), label, max_fill, stacklevel=3)
+    return _validate(_read_table(path, label), label, max_fill, stacklevel=3, missing=missing)
 
 
 def validate_prices(
@@ -582,7 +593,13 @@ def _one_column(frame: pd.DataFrame, label: str) -> pd.Series:
 # --------------------------------------------------------------------------------------------
 
 
-def _validate(prices: pd.DataFrame, source: str, max_fill: int, stacklevel: int) -> pd.DataFrame:
+def _validate(
+    prices: pd.DataFrame,
+    source: str,
+    max_fill: int,
+    stacklevel: int,
+    missing: frozenset[str] = MISSING_TOKENS,
+) -> pd.DataFrame:
     """Shared body of :func:`validate_prices` and the loaders (see there)."""
     if not isinstance(prices, pd.DataFrame):
         raise TypeError(f"`prices` must be a pandas DataFrame, got {type(prices).__name__}")
@@ -592,9 +609,9 @@ def _validate(prices: pd.DataFrame, source: str, max_fill: int, stacklevel: int)
     dates = _parse_dates(raw_dates, source)
     lower = {str(c).strip().lower() for c in body.columns}
     if lower & {"ticker", "close"}:
-        values, dates, tickers, rows, unsorted = _from_long(dates, body, source)
+        values, dates, tickers, rows, unsorted = _from_long(dates, body, source, missing)
     else:
-        values, dates, tickers, rows, unsorted = _from_wide(dates, body, source)
+        values, dates, tickers, rows, unsorted = _from_wide(dates, body, source, missing)
     if unsorted:
         warnings.warn(
             f"{source}: dates are not in increasing order; sorted them",
@@ -656,7 +673,7 @@ def _parse_dates(raw: Any, source: str) -> pd.DatetimeIndex:
 
 
 def _from_wide(
-    dates: pd.DatetimeIndex, body: pd.DataFrame, source: str
+    dates: pd.DatetimeIndex, body: pd.DataFrame, source: str, missing: frozenset[str]
 ) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], np.ndarray, bool]:
     """Wide table -> (values [T, N], sorted dates, tickers, source rows [T, N], was unsorted)."""
     if body.shape[1] == 0:
@@ -691,7 +708,7 @@ def _from_wide(
     if numeric.any():  # one conversion for all float / int columns (the usual in-memory case)
         values[:, numeric] = body.iloc[:, numeric].to_numpy(dtype=np.float64, na_value=np.nan)
     for k in np.flatnonzero(~numeric).tolist():
-        values[:, k], bad[:, k] = _to_numbers(body.iloc[:, k])
+        values[:, k], bad[:, k] = _to_numbers(body.iloc[:, k], missing)
     if bad.any():
         i, k = _first(bad)  # first bad cell in row-major order
         raise PriceDataError(
@@ -710,7 +727,7 @@ def _from_wide(
 
 
 def _from_long(
-    dates: pd.DatetimeIndex, body: pd.DataFrame, source: str
+    dates: pd.DatetimeIndex, body: pd.DataFrame, source: str, missing: frozenset[str]
 ) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], np.ndarray, bool]:
     """Long table -> (values [T, N], sorted dates, sorted tickers, rows [T, N], was unsorted)."""
     lower = [_text(c).lower() for c in body.columns]
@@ -750,7 +767,7 @@ def _from_long(
         )
 
     closes = body.iloc[:, lower.index("close")]
-    numbers, bad = _to_numbers(closes)
+    numbers, bad = _to_numbers(closes, missing)
     if bad.any():
         i = int(np.argmax(bad))
         raise PriceDataError(
@@ -849,16 +866,19 @@ def _check_values(
     return np.where(hole, filled, values), dates
 
 
-def _to_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Return (float64 values with NaN for missing, mask of non-numeric cells)."""
+def _to_numbers(column: pd.Series, missing: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (float64 values with NaN for missing, mask of non-numeric cells).
+
+    A text cell is missing when its stripped, lower-case text is in `missing`.
+    """
     if pd.api.types.is_bool_dtype(column):
         return np.full(len(column), np.nan), column.notna().to_numpy()
     if _is_numeric(column.dtype):
         return column.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(column), bool)
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     text = column.astype("str").str.strip().str.lower()
-    missing = (column.isna() | text.isin(_MISSING_TOKENS)).to_numpy()
-    return numbers, np.isnan(numbers) & ~missing
+    absent = (column.isna() | text.isin(missing)).to_numpy()
+    return numbers, np.isnan(numbers) & ~absent
 
 
 # --------------------------------------------------------------------------------------------

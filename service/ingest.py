@@ -331,7 +331,9 @@ def ingest_file(
 
     The file is read and checked by :func:`momentum.data.load_prices` (the training loader)
     with ``max_fill=0``: a close missing inside a ticker's history is never invented here
-    (the cycle's stale-data policy decides what a missing close means). Its closes then go
+    (the cycle's stale-data policy decides what a missing close means). Only an empty cell
+    is missing: ``nan``, ``NA`` or ``null`` written in a text file is not a number and
+    rejects the file with its row, as a NaN close does over gRPC. Its closes then go
     through :func:`ingest_closes`.
 
     Parameters
@@ -361,7 +363,8 @@ def ingest_file(
     """
     label = os.fspath(path)
     try:
-        prices = load_prices(path, max_fill=0)
+        # only an empty cell is "no close": a literal nan is refused, as over gRPC
+        prices = load_prices(path, max_fill=0, missing=frozenset({""}))
     except PriceDataError as exc:
         log.warning("rejected file %s: %s", label, exc)
         return IngestResult(0, 0, 0, [Rejection(-1, exc.date, exc.ticker, str(exc))])

@@ -315,6 +315,21 @@ def test_files_wide_and_long_csv_and_parquet(engine, tmp_path, layout, kind):
             "AAA",
         ),
         ("nodate.csv", "day,AAA\n2022-01-03,10\n", "nodate.csv: no date column", None, None),
+        # a literal nan is not "no close" here (only an empty cell is), as over gRPC
+        (
+            "literal-nan.csv",
+            "date,AAA,BBB\n2022-01-03,10,20\n2022-01-04,nan,21\n",
+            "literal-nan.csv: row 2 (date 2022-01-04), ticker AAA: value 'nan' is not a number",
+            pd.Timestamp("2022-01-04"),
+            "AAA",
+        ),
+        (
+            "long-na.csv",
+            "date,ticker,close\n2022-01-03,AAA,10\n2022-01-03,BBB,NA\n",
+            "long-na.csv: row 2",
+            pd.Timestamp("2022-01-03"),
+            "BBB",
+        ),
         (
             "gap.csv",
             "date,AAA\n2022-01-03,10\n2022-01-04,\n2022-01-05,11\n",
