@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from momentum.data import EMBEDDED, load_prices
 from service import store
-from service.calendar import exchange_today, get_calendar
+from service.calendar import as_date, exchange_today, get_calendar
 from service.config import Settings
 from service.cycle import CycleOptions, CycleResult, check_feature_parity, run_cycle, run_cycles
 from service.errors import FailedPrecondition
@@ -145,8 +145,19 @@ class SignalService:
     # -- cycles -----------------------------------------------------------------------------
 
     def run_session(self, session: Any) -> CycleResult:
-        """The cycle of one session with the current model, then the paper ledger."""
+        """The cycle of one session with the current model, then the paper ledger.
+
+        When a close written since (a late close or a correction) left stored sessions to
+        rerun up to this one (`store.pending_rerun`), they all run first, batched and in
+        order, each then marked; the result of `session` is returned.
+        """
         self._writable("run cycles")
+        day = as_date(session, "session")
+        marker = store.pending_rerun(self.engine)
+        if marker is not None and marker[1] <= day:
+            sessions = store.closes_dates(self.engine, start=marker[1], end=day)
+            results = self.run_sessions(sorted({*sessions, day}))
+            return results[-1]
         with self._cycle_lock:
             self.refresh_model()
             model = self.holder.require()
@@ -159,9 +170,7 @@ class SignalService:
                 notify=self._publish,
                 check_parity=self._parity_due(1),
             )
-            update_ledger(
-                self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
-            )
+            self._mark(model, result)
             self._observe_cycle(result, model)
             self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
         return result
@@ -171,31 +180,48 @@ class SignalService:
     ) -> list[CycleResult]:
         """The cycles of several sessions in order, batched (`run_cycles`), each then marked.
 
-        After every session: the paper ledger, the metrics, then ``each(result)`` (progress
-        for the CLI). The last successful session gets the parity check when one is due.
+        After every session: the paper ledger (up to that session), the metrics, then
+        ``each(result)`` (progress for the CLI). The last successful session gets the parity
+        check when one is due. Sessions that cover a pending rerun (from its date to the
+        newest stored set, none failed) clear it.
         """
         self._writable("run cycles")
         results: list[CycleResult] = []
         with self._cycle_lock:
             self.refresh_model()
             model = self.holder.require()
+            marker = store.pending_rerun(self.engine)
+            stored = store.positions_dates(self.engine, model.name)
             for result in run_cycles(
                 self.engine, model, sessions, options=self.options, notify=self._publish
             ):
                 self._cycles_run += 1
-                update_ledger(
-                    self.engine, model.name, cost_bps=self.settings.cost_bps, calendar=self.calendar
-                )
+                self._mark(model, result)
                 self._observe_cycle(result, model)
                 results.append(result)
                 if each is not None:
                     each(result)
+            if marker is not None and _covers(results, marker[1], stored):
+                store.clear_reruns(self.engine, upto=marker[0])
+                log.info(
+                    "reran the sessions from %s: the stored sets are current", marker[1].date()
+                )
             done = [r for r in results if r.status == "succeeded"]
             if done and self._parity_due(len(results)):
                 check_feature_parity(self.engine, model, done[-1])
                 self._observe(lambda m: m.observe_parity(done[-1]))
             self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, model.name)))
         return results
+
+    def _mark(self, model: LoadedModel, result: CycleResult) -> None:
+        """The paper ledger up to `result`'s session (never a later set a rerun will replace)."""
+        update_ledger(
+            self.engine,
+            model.name,
+            cost_bps=self.settings.cost_bps,
+            calendar=self.calendar,
+            upto=result.as_of,
+        )
 
     def _parity_due(self, cycles: int) -> bool:
         """A parity check falls in the last `cycles` cycles (the first one after start too)."""
@@ -209,8 +235,9 @@ class SignalService:
         """Sessions with closes but no positions of the current model version, to catch up.
 
         Only sessions after this model's newest positions count (a new model does
-        not recompute years of history); with no positions at all, the newest
-        session with closes.
+        not recompute years of history), and those from the date of a pending rerun
+        (a close written for a date that already has positions); with no positions at
+        all, the newest session with closes.
         """
         model = self.holder.current
         if model is None:
@@ -223,8 +250,13 @@ class SignalService:
             done = store.positions_dates(self.engine, model.name)
             if len(done) == 0:
                 return [newest]
-        # only the dates after the last set are read, not the whole history of closes
-        closes = store.closes_dates(self.engine, start=done[-1] + pd.Timedelta(days=1))
+        # only the dates after the last set are read, not the whole history of closes;
+        # a changed close (store.pending_rerun) reaches back to its date
+        start = done[-1] + pd.Timedelta(days=1)
+        marker = store.pending_rerun(self.engine)
+        if marker is not None:
+            start = min(start, marker[1])
+        closes = store.closes_dates(self.engine, start=start)
         today = exchange_today(self.calendar)
         return [d for d in closes if d <= today]
 
@@ -333,3 +365,14 @@ class SignalService:
                 callback(result)
             except Exception:
                 log.exception("subscriber failed on cycle %s", f"{result.as_of:%Y-%m-%d}")
+
+
+def _covers(results: list[CycleResult], since: pd.Timestamp, stored: pd.DatetimeIndex) -> bool:
+    """Whether `results` reran every stored set from `since` on, none of them failing."""
+    days = {r.as_of for r in results}
+    return (
+        bool(results)
+        and min(days) <= since
+        and all(r.status != "failed" for r in results)
+        and set(stored[stored >= since]) <= days
+    )

@@ -24,13 +24,16 @@ Conventions, all deliberate:
   the ledger charges what the book trades. A NULL weight (asset not tradable) counts as 0,
   so an asset that drops out of the book is charged for being sold (unlike the research
   backtests, where leaving the universe is free).
-* An asset with a non-zero weight whose close at ``t`` or ``t+1`` is not stored earns 0 that
-  day (as if its price had not moved) and is counted in the row's ``missing`` field; the ledger
-  never holds NaN.
-* A positions date is marked once the next session has at least one stored close. Marked
-  rows are not recomputed (the ledger is a record; running :func:`update_ledger` again adds
-  nothing). A date that becomes markable late (its next session's closes arrived after later
-  days were marked) is inserted and the ``equity`` of the later rows is re-chained so that
+* A positions date is marked once the next session is complete: every held asset (non-zero
+  weight) has its close of ``t+1``, or the set of ``t+1`` flags the ones without it stale
+  (the carry policy). Those earn 0 that day (as if the price had not moved) and are counted
+  in the row's ``missing`` field; the ledger never holds NaN. Marking goes in date order and
+  stops at the first incomplete date.
+* Marked rows are a record: running :func:`update_ledger` again adds nothing. A close
+  written later for a date (a late close or a correction) deletes the ledger rows from that
+  date on, in the same transaction (`service.store`); the service reruns the cycles from
+  there and marks them again, so the ledger always equals a replay over the data now
+  stored. A date marked late has the ``equity`` of the later rows re-chained, so that
   ``equity`` always equals the compounded net returns in date order.
 * A session without positions (failed or skipped cycle) has no ledger row of its own.
 
@@ -219,11 +222,20 @@ def update_ledger(
     *,
     cost_bps: float,
     calendar: str | xcals.ExchangeCalendar = "XNYS",
+    upto: Any = None,
 ) -> list[LedgerRow]:
-    """Mark every positions date whose next session's closes are stored and not yet marked.
+    """Mark, in date order, the positions dates not marked yet whose next session is complete.
+
+    The next session ``t+1`` of a positions date ``t`` is complete when every asset the set
+    of ``t`` holds (a non-zero weight) has its close of ``t+1`` stored, or the set of ``t+1``
+    flags the ones without it stale (the carry policy decided; they earn 0 and count in
+    ``missing``). Marking stops at the first date that is not complete yet, so a day marked
+    with 1 of 20 closes can never freeze: it waits for the other 19.
 
     Reads and writes in one transaction: either every new row (and every re-chained equity)
-    is stored, or nothing is. Running it again without new data adds nothing.
+    is stored, or nothing is. Running it again without new data adds nothing. A close written
+    later for a marked day deletes that day's row and the later ones (`service.store`), and
+    the next call marks them again.
 
     Parameters
     ----------
@@ -236,6 +248,9 @@ def update_ledger(
         Cost per unit of turnover in basis points (>= 0), e.g. ``Settings.cost_bps``.
     calendar : str or exchange_calendars.ExchangeCalendar, default "XNYS"
         Defines the next session ``t+1`` of a positions date ``t``.
+    upto : date-like, optional
+        Mark positions dates up to this one only (a rerun of several sessions marks each
+        after its own cycle, never a later date whose set is about to be replaced).
 
     Returns
     -------
@@ -256,8 +271,13 @@ def update_ledger(
             return []
         ledger = store.read_ledger(conn, name)
         nexts = _next_sessions(cal, dates)
+        last = dates[-1] if upto is None else pd.Timestamp(upto).normalize()
         # indexes into `dates` of the positions not marked yet
-        todo = [i for i, n in enumerate(nexts) if not pd.isna(n) and n not in ledger.index]
+        todo = [
+            i
+            for i, n in enumerate(nexts)
+            if not pd.isna(n) and n not in ledger.index and dates[i] <= last
+        ]
         if not todo:
             return []
         closes = store.read_closes(conn, start=dates[todo[0]], end=nexts[todo[-1]])
@@ -266,6 +286,8 @@ def update_ledger(
         if not todo:
             return []
         rows = _mark(conn, name, dates, nexts, todo, closes, cost_bps)
+        if not rows:
+            return []
         rows = _store_rows(conn, name, ledger, rows)
     for row in rows:
         log.info(
@@ -302,6 +324,9 @@ def _mark(
     held = weights.to_numpy()[rows_in_panel]  # (n_todo, n_tickers)
     moves = _next_returns(closes, weights.columns, dates[todo], nexts[todo])
     unknown = (held != 0.0) & ~np.isfinite(moves)
+    # held without a close of t+1: the day waits for it unless the set of t+1 flags it stale
+    ends = closes.reindex(index=nexts[todo], columns=weights.columns).to_numpy(dtype=np.float64)
+    waiting = (held != 0.0) & ~np.isfinite(ends)
     moves = np.where(np.isfinite(moves), moves, 0.0)  # a missing close earns 0, counted below
     gross = captured_returns(held, moves).sum(axis=1)  # (n_todo,), weights already hold 1/N_t
     to = traded[rows_in_panel]
@@ -310,6 +335,10 @@ def _mark(
     cost = -net_returns(np.zeros_like(gross), to, cost_bps)
     rows = []
     for k, i in enumerate(todo):
+        if waiting[k].any() and not _flagged_stale(
+            conn, name, nexts[i], weights.columns[waiting[k]]
+        ):
+            break  # the day is not complete yet: this and later dates wait
         if unknown[k].any():
             log.warning(
                 "paper ledger %s %s: no return for %s (counted as 0, missing close)",
@@ -333,6 +362,15 @@ def _mark(
             )
         )
     return rows
+
+
+def _flagged_stale(conn: sa.Connection, name: str, day: pd.Timestamp, tickers: pd.Index) -> bool:
+    """Whether the set of `day` exists and flags every one of `tickers` stale."""
+    found = store.latest_positions(conn, name, as_of=day)
+    if found is None or not (found["as_of"] == day).all():
+        return False
+    stale = found["stale"].reindex(tickers)
+    return bool(stale.notna().all() and stale.astype(bool).all())
 
 
 def _store_rows(

@@ -52,6 +52,7 @@ from service.calendar import as_date
 
 __all__ = [
     "CYCLE_STATUSES",
+    "clear_reruns",
     "NAME_LENGTH",
     "TICKER_LENGTH",
     "close_corrections",
@@ -71,6 +72,7 @@ __all__ = [
     "model_loads",
     "newest_close_date",
     "paper_ledger",
+    "pending_rerun",
     "positions",
     "positions_dates",
     "positions_signals",
@@ -80,6 +82,7 @@ __all__ = [
     "read_ledger",
     "read_model_loads",
     "read_positions",
+    "reruns",
     "record_failed_cycle",
     "record_model_load",
     "stored_closes",
@@ -231,6 +234,17 @@ paper_ledger = sa.Table(
     sa.Column("equity", sa.Double, nullable=False),
     # weighted assets whose return over the day could not be computed (a close is missing)
     sa.Column("missing", sa.Integer, nullable=False, server_default="0"),
+)
+
+# Work a changed close leaves: positions dated `since` or later were computed from the old
+# value; the service reruns those sessions (oldest marker first) and then deletes the rows.
+reruns = sa.Table(
+    "reruns",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("since", sa.Date, nullable=False),
+    sa.Column("created_at", _UtcDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
 )
 
 feature_states = sa.Table(
@@ -671,7 +685,7 @@ def insert_closes(
             _copy_closes(conn, days, tickers, values, label, stamp)
         else:
             _executemany_closes(conn, days, tickers, values, label, stamp)
-        drop_feature_states(conn, since=_EPOCH + pd.Timedelta(days=int(days.min())))
+        _invalidate(conn, _EPOCH + pd.Timedelta(days=int(days.min())), "late close")
     return len(rows)
 
 
@@ -871,7 +885,7 @@ def correct_closes(
             close_corrections.insert().values(source=source, corrected_at=stamp),
             [{"date": d, "ticker": t, "old_close": old[(d, t)], "new_close": c} for d, t, c in new],
         )
-        drop_feature_states(conn, since=min(d for d, _, _ in new))
+        _invalidate(conn, min(d for d, _, _ in new), "corrected close")
     return len(new)
 
 
@@ -1589,6 +1603,42 @@ def _newest_state_row(
     with _reading(bind) as conn:
         row = conn.execute(query).first()
     return None if row is None else (pd.Timestamp(row[0]), row[1])
+
+
+def _invalidate(conn: sa.Connection, since: Any, reason: str) -> None:
+    """What a close written on date `since` makes stale, in the writing transaction.
+
+    The feature states as of `since` or later (they consumed the old close), the paper
+    ledger rows dated `since` or later (a row dated d uses the closes of d and of the
+    session before; later rows chain its equity), and, when positions dated `since` or later
+    exist, a :data:`reruns` marker: those sets were computed without this close.
+    """
+    day = _date(since, "since")
+    drop_feature_states(conn, since=day)
+    conn.execute(paper_ledger.delete().where(paper_ledger.c.date >= day))
+    later = conn.execute(
+        sa.select(cycle_runs.c.id)
+        .where(cycle_runs.c.status == "succeeded", cycle_runs.c.as_of >= day)
+        .limit(1)
+    ).first()
+    if later is not None:
+        conn.execute(reruns.insert().values(since=day, created_at=_now(), reason=reason))
+
+
+def pending_rerun(bind: sa.Engine | sa.Connection) -> tuple[int, pd.Timestamp] | None:
+    """``(newest marker id, oldest since)`` of the :data:`reruns` not done; None if none."""
+    with _reading(bind) as conn:
+        newest, since = conn.execute(
+            sa.select(sa.func.max(reruns.c.id), sa.func.min(reruns.c.since))
+        ).one()
+    return None if newest is None else (int(newest), pd.Timestamp(_dates([since])[0]))
+
+
+def clear_reruns(bind: sa.Engine | sa.Connection, *, upto: int) -> int:
+    """Delete the rerun markers with ``id <= upto`` (those a completed rerun covered)."""
+    with transaction(bind) as conn:
+        result = conn.execute(reruns.delete().where(reruns.c.id <= int(upto)))
+    return int(result.rowcount or 0)
 
 
 def drop_feature_states(bind: sa.Engine | sa.Connection, *, since: Any) -> int:

@@ -145,12 +145,47 @@ def test_the_next_session_skips_the_holiday(engine):
     assert row.gross_return == pytest.approx(0.5 * 0.02, abs=1e-15)
 
 
+def test_a_day_waits_for_the_closes_of_every_held_asset(engine):
+    closes = {"AAA": {D1: 100.0, D2: 110.0}, "BBB": {D1: 50.0, D2: 55.0}}
+    _insert_closes(engine, (D1,), closes)
+    _insert_closes(engine, (D2,), {"BBB": {D2: 55.0}})  # 1 of the 2 held closes of D2
+    _write_positions(engine, D1, {"AAA": 0.2, "BBB": 0.4})
+    assert paper.update_ledger(engine, "slp", cost_bps=COST_BPS) == []  # not complete: waits
+    _insert_closes(engine, (D2,), {"AAA": {D2: 110.0}})
+    (row,) = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
+    assert row.gross_return == pytest.approx(0.2 * 0.10 + 0.4 * 0.10, abs=1e-15)
+    assert row.missing == 0
+
+
+def test_a_late_close_redoes_the_ledger_from_its_date(engine):
+    _setup(engine, close_days=(D1, D2, D3, D4))
+    before = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
+    assert [r.date for r in before] == [D2, D3, D4]
+    # a correction of D3's close: the rows of D3 (its end) and D4 (its start) and after go
+    fixed = pd.DataFrame({"date": [D3], "ticker": ["AAA"], "close": [121.0]})
+    store.correct_closes(engine, fixed, source="test")
+    assert store.read_ledger(engine, "slp").index.tolist() == [D2]
+    again = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
+    assert [r.date for r in again] == [D3, D4]
+    # D2 weights over D2->D3 with AAA now +10%: 0.5 * 10% + 0.25 * 10%
+    assert again[0].gross_return == pytest.approx(0.075, abs=1e-15)
+    assert before[1].gross_return == pytest.approx(-0.025, abs=1e-15)
+    # positions dated on or after D3 existed: the sessions are marked for a rerun
+    assert store.pending_rerun(engine)[1] == D3
+
+
 def test_a_missing_close_earns_zero_and_is_counted(engine):
     closes = {"AAA": {D1: 100.0}, "BBB": {D1: 50.0, D2: 55.0}, "CCC": {D2: 20.0}}
     _insert_closes(engine, (D1, D2), closes)
-    # AAA has no close on D2, CCC none on D1: both weighted, both earn 0; DDD has weight 0
+    # AAA has no close on D2, CCC none on D1: both weighted, both earn 0; DDD has weight 0.
+    # The day is complete because the set of D2 flags AAA stale (the carry policy decided).
     _write_positions(engine, D1, {"AAA": 0.2, "BBB": 0.4, "CCC": -0.1, "DDD": 0.0})
-    (row,) = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
+    assert paper.update_ledger(engine, "slp", cost_bps=COST_BPS) == []  # AAA: no close yet
+    frame = pd.DataFrame(
+        {"signal": 0.5, "vol": 0.2, "weight": 0.1, "stale": [True, False]}, index=["AAA", "BBB"]
+    )
+    store.write_cycle(engine, {"as_of": D2, "model_name": "slp", "model_version": "v1"}, frame)
+    (row,) = paper.update_ledger(engine, "slp", cost_bps=COST_BPS, upto=D1)
     assert row.gross_return == pytest.approx(0.4 * 0.10, abs=1e-15)  # BBB only
     assert row.missing == 2
     assert row.turnover == pytest.approx(0.7, abs=1e-15)
@@ -184,7 +219,7 @@ def test_same_date_rerun_by_a_new_version_replaces_the_marked_set(engine):
     assert row.model_version == "v2" and row.gross_return == pytest.approx(-0.05, abs=1e-15)
 
 
-def test_a_late_mark_is_inserted_and_later_equity_rechained(engine):
+def test_late_closes_redo_the_later_rows_and_chain_equity_in_date_order(engine):
     _insert_closes(engine, (D1, D3, D4))  # D2's closes arrive late
     _write_positions(engine, D1, WEIGHTS[D1])
     _write_positions(engine, D3, WEIGHTS[D3])
@@ -193,9 +228,10 @@ def test_a_late_mark_is_inserted_and_later_equity_rechained(engine):
     # D3 trades from the D1 set: |-0.25 - 0.5| + |0 + 0.25| = 1.0 -> net -0.001
     assert late.equity == pytest.approx(0.999, abs=1e-15)
 
-    _insert_closes(engine, (D2,))
-    (early,) = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
+    _insert_closes(engine, (D2,))  # deletes the rows from D2 on; both are marked again
+    early, again = paper.update_ledger(engine, "slp", cost_bps=COST_BPS)
     assert early.date == D2 and early.equity == pytest.approx(1.04925, abs=1e-15)
+    assert again.date == D4
     ledger = store.read_ledger(engine, "slp")
     assert ledger.index.tolist() == [D2, D4]
     assert ledger.loc[D4, "net_return"] == late.net_return  # only equity changes

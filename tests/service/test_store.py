@@ -58,6 +58,7 @@ def test_sqlite_file_is_created_with_wal_foreign_keys_and_busy_timeout(tmp_path)
             "cycle_runs",
             "model_loads",
             "paper_ledger",
+            "reruns",
         }
     finally:
         engine.dispose()
