@@ -14,7 +14,8 @@ DIR=${DEMO_DIR:-runs/demo}
 if [ "${DEMO_QUICK:-0}" = "1" ]; then
     TRIALS=2 EPOCHS=5 REPLAY_FROM=2022-12-01
 else
-    TRIALS=5 EPOCHS=20 REPLAY_FROM=2022-10-03
+    # from September: 80 marked sessions, more than the 63 of the rolling Sharpe
+    TRIALS=5 EPOCHS=20 REPLAY_FROM=2022-09-01
 fi
 free_port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -69,6 +70,9 @@ shown = ("momentum_model_loaded ", "momentum_paper_pnl_ratio ", "momentum_paper_
 for line in text.splitlines():
     if line.startswith(shown):
         print(f"  {line}")
+        if line.startswith("momentum_paper_rolling_sharpe ") and line.endswith("NaN"):
+            print("    (NaN: the rolling Sharpe needs 63 marked sessions; DEMO_QUICK replays")
+            print("     one month. `make demo` without DEMO_QUICK replays enough.)")
 PY
 
 kill -TERM "$SERVER"
@@ -76,3 +80,16 @@ wait "$SERVER"
 trap - EXIT
 echo
 echo "== demo finished in ${SECONDS}s; the service stopped cleanly (log: $DIR/serve.log)"
+cat <<EOF
+
+Next steps: the demo's settings are environment variables of this script only. To use
+its registry and store from your shell:
+
+    source .venv/bin/activate                 # momentum-train, momentum-serve on PATH
+    export MOMENTUM_REGISTRY_DIR=$DIR/models MOMENTUM_DATA_DIR=$DIR/var MOMENTUM_MODEL_NAME=slp
+    momentum-train models                     # the exported version, promoted
+    momentum-serve check-model                # loads it as the service would
+    momentum-serve run &                      # gRPC on 127.0.0.1:50051, metrics on :9108
+    momentum-serve positions                  # the latest positions over gRPC
+    momentum-serve settings                   # every MOMENTUM_* setting (README, Settings)
+EOF

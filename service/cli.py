@@ -53,11 +53,20 @@ def _service(*, chatty: bool = False, **options: Any) -> SignalService:
 
 
 def _model(service: SignalService) -> LoadedModel:
-    outcome = service.holder.refresh()
+    # a refusal is this command's error, printed once below: not also as the holder's log line
+    holder_log = logging.getLogger("service.model")
+    level = holder_log.level
+    holder_log.setLevel(logging.CRITICAL)
+    try:
+        outcome = service.holder.refresh()
+    finally:
+        holder_log.setLevel(level)
     if outcome.model is None:
         raise CommandError(
-            f"no model to serve: {outcome.refused} (export one with `momentum-train export` "
-            "and `momentum-train promote` it, or set MOMENTUM_MODEL_VERSION)"
+            f"no model to serve: {outcome.refused} (registry "
+            f"{service.settings.registry_dir.resolve()}, MOMENTUM_REGISTRY_DIR; export one with "
+            "`momentum-train export` and `momentum-train promote` it, or set "
+            "MOMENTUM_MODEL_VERSION)"
         )
     return outcome.model
 
@@ -212,12 +221,17 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(settings: Settings, address: str | None) -> str:
+    """``host:port`` of the service (a wildcard bind address means this host)."""
+    host = settings.grpc_host if settings.grpc_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return address or f"{host}:{settings.grpc_port}"
+
+
 def _channel(settings: Settings, address: str | None) -> grpc.Channel:
     """A channel to the service: plaintext, or TLS trusting MOMENTUM_TLS_CERT."""
     import grpc
 
-    host = settings.grpc_host if settings.grpc_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    target = address or f"{host}:{settings.grpc_port}"
+    target = _target(settings, address)
     if settings.tls_cert is None:
         return grpc.insecure_channel(target)
     credentials = grpc.ssl_channel_credentials(root_certificates=settings.tls_cert.read_bytes())
@@ -240,7 +254,14 @@ def _positions(args: argparse.Namespace) -> int:
         try:
             reply = stub.GetPositions(request, metadata=metadata, timeout=args.timeout)
         except grpc.RpcError as err:
-            raise CommandError(f"{err.code().name}: {err.details()}") from None
+            problem = f"{err.code().name}: {err.details()}"
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                problem = (
+                    f"no service answers at {_target(settings, args.address)} ({problem}); "
+                    "start one with `momentum-serve run` (same MOMENTUM_* settings), or point "
+                    "--address / MOMENTUM_GRPC_HOST, MOMENTUM_GRPC_PORT at the running one"
+                )
+            raise CommandError(problem) from None
     print(
         f"{reply.model_name} {reply.model_version} as of {reply.as_of} (closes to "
         f"{reply.data_cutoff}, run {reply.run_id})" + (" STALE" if reply.stale else "")

@@ -260,9 +260,9 @@ class ModelHolder:
             except ModelRefused as err:
                 self.last_refusal = str(err)
                 log.error(
-                    "refused %s %s: %s (still serving %s)",
+                    "refused %s%s: %s (still serving %s)",
                     self.name,
-                    wanted,
+                    "" if wanted is None else f" {wanted}",
                     err,
                     current.version if current else "nothing",
                 )

@@ -299,7 +299,10 @@ def _models(args: argparse.Namespace) -> int:
 
     names = [args.name] if args.name else list_models(args.registry)
     if not names:
-        print(f"no models in {args.registry}")
+        print(
+            f"no models in {args.registry.resolve()} (the registry: --registry or "
+            "MOMENTUM_REGISTRY_DIR; `make demo` writes to runs/demo/models)"
+        )
         return 0
     header = (
         f"{'name':<14} {'version':<26} {'model':<11} {'trained to':<11} {'valid':>7} "
