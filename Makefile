@@ -16,11 +16,15 @@ PYTEST_ARGS ?=
 .PHONY: install test test-slow test-all lint format typecheck bench results proto demo clean
 
 $(PY):
+	@echo "[install 1/4] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "[install 2/4] upgrading pip"
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
+	@echo "[install 3/4] torch==$(TORCH_VERSION), the CPU build (about a minute)"
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	@echo "[install 4/4] the project with extras $(EXTRAS) (a few minutes on a fresh venv)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	@# onnxruntime and onnxruntime-gpu share one module directory: never both
 	@if $(PIP) show --quiet onnxruntime >/dev/null 2>&1 && $(PIP) show --quiet onnxruntime-gpu >/dev/null 2>&1; then \
