@@ -120,7 +120,7 @@ class SignalService:
             source=source,
             rules=self.plausibility,
         )
-        self._observe_closes()
+        self._observe_ingest(result)
         return result
 
     def ingest_file(self, path: str, *, correction: bool = False) -> IngestResult:
@@ -133,7 +133,7 @@ class SignalService:
             correction=correction,
             rules=self.plausibility,
         )
-        self._observe_closes()
+        self._observe_ingest(result)
         return result
 
     def refresh_model(self) -> Any:
@@ -330,6 +330,11 @@ class SignalService:
         name = model.name if model is not None else self.settings.model_name
         self._observe(lambda m: m.observe_history(service_history(self.engine, name)))
         self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, name)))
+
+    def _observe_ingest(self, result: IngestResult) -> None:
+        rejected = sum(1 for r in result.rejections if r.row != -1) or len(result.rejections)
+        self._observe(lambda m: m.observe_ingest(rejected))
+        self._observe_closes()
 
     def _observe_closes(self) -> None:
         self._observe(

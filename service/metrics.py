@@ -12,7 +12,8 @@ service feeds it from the places where things happen:
   the gRPC server is built;
 * ``observe_model(model)`` when the model holder loads or loses a model;
 * ``observe_ledger(ledger_summary(...))`` after the paper ledger is updated;
-* ``observe_closes(universe, newest_date)`` after closes are ingested;
+* ``observe_ingest(rejected_rows)`` and ``observe_closes(universe, newest_date)`` after each
+  ingest batch;
 * ``observe_rpc(method, code, seconds)`` from the gRPC server's interceptor.
 
 Conventions: names ``momentum_*`` with the base unit last
@@ -212,6 +213,18 @@ class ServiceMetrics:
             "momentum_newest_close_timestamp_seconds",
             "Newest stored close date (midnight UTC) of a universe.",
             ["universe"],
+            registry=r,
+        )
+        self.ingest_batches = Counter(
+            "momentum_ingest_batches_total",
+            "Ingest batches (gRPC IngestCloses, files) by outcome: stored, or rejected whole "
+            "(the RPC still answers OK, with the rejections in its reply).",
+            ["outcome"],
+            registry=r,
+        )
+        self.ingest_rejected_rows = Counter(
+            "momentum_ingest_rejected_rows_total",
+            "Rows of rejected ingest batches that had a problem of their own.",
             registry=r,
         )
         self.assets_stale = Gauge(
@@ -496,6 +509,13 @@ class ServiceMetrics:
         self.paper_drawdown.set(summary.drawdown)
         self.paper_max_drawdown.set(summary.max_drawdown)
         self.paper_rolling_sharpe.set(summary.rolling_sharpe)
+
+    def observe_ingest(self, rejected_rows: int) -> None:
+        """Count one ingest batch: stored (`rejected_rows` 0) or rejected whole."""
+        if rejected_rows < 0:
+            raise ValueError(f"`rejected_rows` must be >= 0, got {rejected_rows}")
+        self.ingest_batches.labels(outcome="rejected" if rejected_rows else "stored").inc()
+        self.ingest_rejected_rows.inc(rejected_rows)
 
     def observe_closes(self, universe: str, newest_date: Any) -> None:
         """Export the newest stored close date of `universe` (None: nothing stored, NaN).

@@ -48,6 +48,7 @@ from service.errors import (
 )
 from service.grpc_server import SERVICE_NAME, GrpcServer, InsecureBind
 from service.ingest import panel_rows
+from service.metrics import ServiceMetrics
 from service.model import ModelRefused
 
 PRICES = load_prices("sp500")
@@ -358,6 +359,7 @@ def test_ingest_lists_every_rejected_row_and_stores_nothing_then_corrects(connec
 
 def test_an_implausible_close_is_rejected_over_grpc_unless_overridden(connect, sqlite_engine):
     client = connect(load=False, max_close_ratio=4.0)
+    client.service.metrics = metrics = ServiceMetrics()
     first = _closes([("2021-03-29", "AAPL", 120.0)])
     assert client.stub.IngestCloses(pb.IngestClosesRequest(closes=first), timeout=WAIT).accepted
     jump = _closes([("2021-03-30", "AAPL", 120_000.0)])
@@ -373,6 +375,10 @@ def test_an_implausible_close_is_rejected_over_grpc_unless_overridden(connect, s
     error = _rpc_error(client.stub.IngestCloses, too_long)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "`source`" in error.details()
     assert store.read_closes(sqlite_engine)["AAPL"].tolist() == [120.0, 12.0]
+    # the rejected batch answered OK, and the metrics count it
+    assert metrics.ingest_batches.labels(outcome="rejected")._value.get() == 1
+    assert metrics.ingest_batches.labels(outcome="stored")._value.get() == 2
+    assert metrics.ingest_rejected_rows._value.get() == 1
 
 
 def test_get_model_and_list_models_describe_registry_versions(connect, registry, served_run):

@@ -431,6 +431,19 @@ def test_ledger_figures_are_exported_as_given():
     assert _value(samples, "momentum_paper_rolling_sharpe") == 0.8
 
 
+def test_ingest_batches_are_counted_by_outcome_with_their_rejected_rows():
+    metrics = ServiceMetrics()
+    metrics.observe_ingest(0)
+    metrics.observe_ingest(3)
+    metrics.observe_ingest(1)
+    samples = _rendered(metrics)
+    assert _value(samples, "momentum_ingest_batches_total", outcome="stored") == 1
+    assert _value(samples, "momentum_ingest_batches_total", outcome="rejected") == 2
+    assert _value(samples, "momentum_ingest_rejected_rows_total") == 4
+    with pytest.raises(ValueError, match="`rejected_rows`"):
+        metrics.observe_ingest(-1)
+
+
 def test_newest_close_per_universe_and_bad_input():
     metrics = ServiceMetrics()
     metrics.observe_closes("sp500", "2022-12-28")
