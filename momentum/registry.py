@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,14 +173,22 @@ def load_version(
 
 
 def promote(
-    registry: str | os.PathLike[str], name: str, version: str, *, by: str = ""
+    registry: str | os.PathLike[str],
+    name: str,
+    version: str,
+    *,
+    by: str = "",
+    check: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
     """Make `version` the production version of `name`, atomically; returns it verified.
 
-    A version that fails verification is never promoted.
+    A version that fails verification (manifest, hash), or whose `check` raises (e.g. the
+    graph does not load in a runtime), is never promoted: the pointer does not move.
     """
     registry = Path(registry)
     verified = load_version(registry, name, version)
+    if check is not None:
+        check(verified)
     folder = registry / name
     previous = production_version(registry, name)
     fd, tmp = tempfile.mkstemp(prefix=f".{PRODUCTION}.", dir=folder)

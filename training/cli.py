@@ -176,6 +176,12 @@ def _promote_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name")
     p.add_argument("version")
+    p.add_argument(
+        "--universe",
+        default=None,
+        help="also check the manifest's tickers against this universe (the service's "
+        "MOMENTUM_UNIVERSE: an embedded name or a price file)",
+    )
     _registry_option(p)
 
 
@@ -287,10 +293,22 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from momentum.registry import promote
+    from momentum.data import load_prices
+    from momentum.registry import ModelVersion, promote
+    from training.export import check_servable
 
-    version = promote(args.registry, args.name, args.version)
-    print(f"{version.name}: production is now {version.version}")
+    tickers = None
+    if args.universe:
+        tickers = [str(t) for t in load_prices(args.universe).columns]
+
+    def servable(version: ModelVersion) -> None:
+        check_servable(version, tickers)
+
+    version = promote(args.registry, args.name, args.version, check=servable)
+    print(
+        f"{version.name}: production is now {version.version} (loads in onnxruntime"
+        + (f", universe {args.universe} matches)" if tickers else ")")
+    )
     return 0
 
 

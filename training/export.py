@@ -40,7 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from momentum.contract import INPUT_NAME, MAX_WINDOWS, OUTPUT_NAME
-from momentum.manifest import OutputSpec, sha256_file
+from momentum.manifest import (
+    MODEL_FILE,
+    ManifestError,
+    OutputSpec,
+    check_graph_input,
+    check_manifest,
+    sha256_file,
+)
+from momentum.registry import ModelVersion
 from training.datasets import positions_of
 from training.models import get_spec
 from training.models.slp import Slp
@@ -50,6 +58,7 @@ if TYPE_CHECKING:  # a serve extra, imported where a session is made
     import onnxruntime as ort
 
 __all__ = [
+    "check_servable",
     "OPSET",
     "PARITY_BATCHES",
     "PARITY_TOLERANCE",
@@ -266,6 +275,41 @@ def onnx_session(path: str | Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_servable(version: ModelVersion, tickers: Sequence[str] | None = None) -> None:
+    """Raise `ManifestError` unless onnxruntime can serve `version` as its manifest says.
+
+    What `momentum-train promote` runs before it moves the production pointer, so that a
+    graph the service would refuse is never promoted: the graph loads in onnxruntime, its
+    input and outputs are the manifest's, one run on a zero input of the manifest's shape
+    (batch 1) gives finite positions of shape ``(1, n_assets)``, and with `tickers` (the
+    service's universe) the manifest lists exactly those tickers, in order.
+    """
+    manifest = version.manifest
+    label = f"{version.name} {version.version}"
+    check_manifest(manifest, tickers=tickers)
+    try:
+        session = onnx_session(version.model_path)
+    except Exception as err:  # onnxruntime raises its own types for a broken graph
+        raise ManifestError(f"{label}: onnxruntime cannot load {MODEL_FILE}: {err}") from None
+    check_graph_input(manifest, session.get_inputs()[0].shape)
+    names = [o.name for o in session.get_outputs()]
+    if names != [o.name for o in manifest.onnx.outputs]:
+        raise ManifestError(
+            f"{label}: graph outputs {names}, the manifest lists "
+            f"{[o.name for o in manifest.onnx.outputs]}"
+        )
+    zeros = np.zeros((1, manifest.n_assets, manifest.lookback, manifest.n_features), np.float32)
+    try:
+        positions = session.run([OUTPUT_NAME], {INPUT_NAME: zeros})[0]
+    except Exception as err:
+        raise ManifestError(f"{label}: the graph fails on a zero input: {err}") from None
+    if positions.shape != (1, manifest.n_assets) or not np.isfinite(positions).all():
+        raise ManifestError(
+            f"{label}: on a zero input the graph gives positions of shape {positions.shape} "
+            f"(finite: {bool(np.isfinite(positions).all())}); expected (1, {manifest.n_assets})"
+        )
 
 
 def export_onnx(
