@@ -140,6 +140,9 @@ class SignalService:
         """Reload the model if the production pointer moved (`ModelHolder.refresh`)."""
         outcome = self.holder.refresh()
         self._observe(lambda m: m.observe_model(self.holder.current))
+        self._observe(
+            lambda m: m.observe_refusal(outcome.refused is not None, new=outcome.new_refusal)
+        )
         return outcome
 
     # -- cycles -----------------------------------------------------------------------------
@@ -266,6 +269,31 @@ class SignalService:
                 f"this is a read replica: it does not {what}; send writes to the instance "
                 "that runs the scheduler"
             )
+
+    def watch_model(self, interval: float | None = None) -> Callable[[], None]:
+        """Follow the production pointer every `interval` seconds (default the setting
+        ``model_poll_seconds``) in a thread; returns stop(). A promoted version is loaded
+        without waiting for a cycle; a refused one is reported once (`refresh_model`)."""
+        every = self.settings.model_poll_seconds if interval is None else interval
+        if not every > 0:
+            raise ValueError(f"`interval` must be positive, got {every}")
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    self.refresh_model()
+                except Exception:
+                    log.exception("following the production pointer failed")
+
+        thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(timeout=every + 5)
+
+        return halt
 
     def watch_store(self, interval: float = 2.0) -> Callable[[], None]:
         """Publish cycles that another process stored (read replicas); returns stop().

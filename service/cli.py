@@ -343,6 +343,8 @@ def _run(args: argparse.Namespace) -> int:
             halt_watch = service.watch_store()
             log.info("read replica: serving the store, no scheduler")
         else:
+            # a promoted version is served at once, not at the next cycle
+            halt_watch = service.watch_model()
             scheduler = CycleScheduler(
                 service.run_session,
                 service.pending_sessions,

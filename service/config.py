@@ -192,6 +192,15 @@ class Settings(BaseSettings):
             "Transaction cost of the paper ledger in basis points per unit of turnover (>= 0)."
         ),
     )
+    model_poll_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds between checks of the registry's production pointer by `momentum-serve "
+            "run`: a newly promoted version is loaded (and health follows) without waiting "
+            "for the next cycle."
+        ),
+    )
     min_close: float = Field(
         default=1e-4,
         gt=0,

@@ -223,6 +223,7 @@ def _model_message(model: ModelDescription) -> pb.ModelInfo:
         loaded_at=_rfc3339(model.loaded_at),
         serving=model.serving,
         production=model.production,
+        refused=model.refused or "",
     )
 
 

@@ -10,7 +10,8 @@ service feeds it from the places where things happen:
   (:func:`service.queries.cycle_context`);
 * ``observe_history(service_history(...))`` at start, and ``observe_insecure(flag)`` when
   the gRPC server is built;
-* ``observe_model(model)`` when the model holder loads or loses a model;
+* ``observe_model(model)`` and ``observe_refusal(refused, new=...)`` after each refresh of
+  the model holder;
 * ``observe_ledger(ledger_summary(...))`` after the paper ledger is updated;
 * ``observe_ingest(rejected_rows)`` and ``observe_closes(universe, newest_date)`` after each
   ingest batch;
@@ -316,6 +317,17 @@ class ServiceMetrics:
             "1 when a model is loaded and serving, else 0.",
             registry=r,
         )
+        self.model_refusals = Counter(
+            "momentum_model_refusals_total",
+            "Model versions the service refused to load (manifest, hash, graph, universe).",
+            registry=r,
+        )
+        self.production_refused = Gauge(
+            "momentum_model_production_refused",
+            "1 while the production version is refused (the service serves an older version "
+            "or nothing), else 0.",
+            registry=r,
+        )
         self.insecure_serving = Gauge(
             "momentum_insecure_serving",
             "1 when gRPC answers unauthenticated calls on a non-loopback address "
@@ -497,6 +509,12 @@ class ServiceMetrics:
             self.last_as_of.set(_date_seconds(history.last_as_of))
         if history.served_stale is not None:
             self.assets_stale.set(history.served_stale)
+
+    def observe_refusal(self, refused: bool, *, new: bool) -> None:
+        """The wanted version is refused (`refused`); `new`: this load attempt refused it."""
+        if new:
+            self.model_refusals.inc()
+        self.production_refused.set(1 if refused else 0)
 
     def observe_insecure(self, insecure: bool) -> None:
         """Whether gRPC serves the network without a bearer token (allowed on purpose)."""

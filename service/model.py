@@ -198,7 +198,9 @@ class LoadOutcome:
 
     changed: bool
     model: LoadedModel | None
-    refused: str | None = None
+    refused: str | None = None  # why the wanted version is not served (this call or before)
+    new_refusal: bool = False  # this call tried the wanted version and refused it
+    fallback: bool = False  # serving another version than the refused production one
 
 
 class ModelHolder:
@@ -227,6 +229,9 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
         self.last_refusal: str | None = None
+        # the refused version and why (registry versions are immutable: never retried)
+        self._refused: tuple[str | None, str] | None = None
+        self.fallback = False  # serving an older version because production was refused
 
     @property
     def current(self) -> LoadedModel | None:
@@ -247,33 +252,86 @@ class ModelHolder:
         return self.pinned or production_version(self.registry, self.name)
 
     def refresh(self, *, force: bool = False) -> LoadOutcome:
-        """Load the wanted version if it differs from the current one (or `force`)."""
+        """Load the wanted version if it differs from the current one (or `force`).
+
+        A refused version is remembered and not tried again (versions are immutable) until
+        the pointer names another one, or `force`. When nothing is being served (a start,
+        or a first load) and the production version is refused, the newest version that
+        loaded successfully before (``model_loads``) is served instead, with a WARNING.
+        """
         with self._lock:
             wanted = self.wanted_version()
             current = self._current
             if not force and current is not None and current.version == wanted:
+                self.fallback = False
                 return LoadOutcome(False, current)
+            if not force and self._refused is not None and self._refused[0] == wanted:
+                return LoadOutcome(False, current, refused=self._refused[1], fallback=self.fallback)
             try:
                 model = load_model(
                     self.registry, self.name, wanted, tickers=self.tickers, device=self.device
                 )
             except ModelRefused as err:
-                self.last_refusal = str(err)
-                log.error(
-                    "refused %s%s: %s (still serving %s)",
-                    self.name,
-                    "" if wanted is None else f" {wanted}",
-                    err,
-                    current.version if current else "nothing",
-                )
-                self._record(wanted, ok=False, reason=str(err))
-                return LoadOutcome(False, current, refused=str(err))
+                return self._refuse(wanted, str(err), current)
             self._current = model
+            self._refused = None
             self.last_refusal = None
+            self.fallback = False
             self._record(
                 model.version, ok=True, sha256=model.manifest.onnx.sha256, provider=model.provider
             )
             return LoadOutcome(True, model)
+
+    def _refuse(self, wanted: str | None, reason: str, current: LoadedModel | None) -> LoadOutcome:
+        self.last_refusal = reason
+        self._refused = (wanted, reason)
+        self._record(wanted, ok=False, reason=reason)
+        label = self.name if wanted is None else f"{self.name} {wanted}"
+        if current is None and self.pinned is None:
+            model = self._last_good(exclude=wanted)
+            if model is not None:
+                self._current = model
+                self.fallback = True
+                log.warning(
+                    "refused %s: %s; serving %s, the last version that loaded, until a servable "
+                    "version is promoted",
+                    label,
+                    reason,
+                    model.version,
+                )
+                self._record(
+                    model.version,
+                    ok=True,
+                    sha256=model.manifest.onnx.sha256,
+                    provider=model.provider,
+                    reason=f"fallback: production {wanted} refused",
+                )
+                return LoadOutcome(True, model, refused=reason, new_refusal=True, fallback=True)
+        log.error(
+            "refused %s: %s (still serving %s)",
+            label,
+            reason,
+            current.version if current else "nothing",
+        )
+        return LoadOutcome(False, current, refused=reason, new_refusal=True, fallback=self.fallback)
+
+    def _last_good(self, exclude: str | None) -> LoadedModel | None:
+        """The newest version that loaded before and still loads now (None: none)."""
+        if self.engine is None:
+            return None
+        loads = store.read_model_loads(self.engine, model_name=self.name, limit=200)
+        tried: set[str] = set()
+        for version in loads.loc[loads["ok"], "model_version"].dropna().astype(str):
+            if version == exclude or version in tried:
+                continue
+            tried.add(version)
+            try:
+                return load_model(
+                    self.registry, self.name, version, tickers=self.tickers, device=self.device
+                )
+            except ModelRefused as err:
+                log.warning("fallback %s %s refused too: %s", self.name, version, err)
+        return None
 
     def _record(self, version: str | None, **fields: Any) -> None:
         if self.engine is not None:

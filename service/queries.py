@@ -52,6 +52,7 @@ __all__ = [
     "describe_model",
     "list_model_versions",
     "previous_positions",
+    "refusals",
     "refuse_future",
     "run_session",
     "service_history",
@@ -296,13 +297,33 @@ class ModelDescription:
     loaded_at: datetime | None  # when loaded (UTC)
     serving: bool
     production: bool
+    refused: str | None = None  # why the service's last attempt to load it failed
+
+
+def refusals(service: SignalService, name: str) -> dict[str, str]:
+    """Version -> reason, for the versions of `name` whose newest load attempt failed."""
+    loads = store.read_model_loads(service.engine, model_name=name, limit=1000)
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for version, ok, reason in loads[["model_version", "ok", "reason"]].itertuples(index=False):
+        if version is None or pd.isna(version) or version in seen:
+            continue
+        seen.add(str(version))
+        if not ok:
+            found[str(version)] = str(reason)
+    return found
 
 
 def _describe(
-    service: SignalService, name: str, version: str, manifest: Manifest
+    service: SignalService,
+    name: str,
+    version: str,
+    manifest: Manifest,
+    refused: dict[str, str] | None = None,
 ) -> ModelDescription:
     current = service.holder.current
     loaded = current is not None and (current.name, current.version) == (name, version)
+    refused = refusals(service, name) if refused is None else refused
     return ModelDescription(
         name=name,
         version=version,
@@ -311,6 +332,7 @@ def _describe(
         loaded_at=current.loaded_at if loaded and current else None,
         serving=loaded,
         production=production_version(service.settings.registry_dir, name) == version,
+        refused=None if loaded else refused.get(version),
     )
 
 
@@ -359,6 +381,7 @@ def list_model_versions(service: SignalService, name: str | None = None) -> list
     versions = list_versions(registry, name)
     if not versions:
         raise NotFound(f"no model named {name!r} in the registry {registry}")
+    refused = refusals(service, name)
     found = []
     for version in versions:
         try:
@@ -366,7 +389,7 @@ def list_model_versions(service: SignalService, name: str | None = None) -> list
         except (LookupError, ManifestError) as err:
             log.warning("ListModels leaves out %s %s: %s", name, version, err)
             continue
-        found.append(_describe(service, name, version, entry.manifest))
+        found.append(_describe(service, name, version, entry.manifest, refused))
     return found
 
 

@@ -142,7 +142,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "model", "manifest_json", "sha256", "execution_provider", "loaded_at", "serving", "production")
+    __slots__ = ("name", "version", "model", "manifest_json", "sha256", "execution_provider", "loaded_at", "serving", "production", "refused")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class ModelInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     PRODUCTION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     model: str
@@ -161,7 +162,8 @@ class ModelInfo(_message.Message):
     loaded_at: str
     serving: bool
     production: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model: _Optional[str] = ..., manifest_json: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., loaded_at: _Optional[str] = ..., serving: _Optional[bool] = ..., production: _Optional[bool] = ...) -> None: ...
+    refused: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model: _Optional[str] = ..., manifest_json: _Optional[str] = ..., sha256: _Optional[str] = ..., execution_provider: _Optional[str] = ..., loaded_at: _Optional[str] = ..., serving: _Optional[bool] = ..., production: _Optional[bool] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("name",)

@@ -994,6 +994,14 @@ def _alert_cases() -> list[dict[str, Any]]:
         },
         {
             "interval": "1m",
+            "input_series": [_series("momentum_model_production_refused", "0x10 1x20")],
+            "alert_rule_test": [
+                _quiet("MomentumProductionModelRefused", "13m"),
+                _fires("MomentumProductionModelRefused", "20m", "warning"),
+            ],
+        },
+        {
+            "interval": "1m",
             "input_series": [_series("momentum_insecure_serving", "0x10 1x10")],
             "alert_rule_test": [
                 _quiet("MomentumInsecureServing", "5m"),

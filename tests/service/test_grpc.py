@@ -269,6 +269,24 @@ def _publish_reversed(registry: Path, name: str, version: str) -> str:
     return new
 
 
+def test_a_refused_production_version_shows_in_get_model_and_list_models(
+    connect, registry, served_run
+):
+    name, good = served_run["name"], served_run["version"]
+    client = connect()  # serving `good`
+    refused = _publish_reversed(registry, name, good)  # the service's universe check refuses it
+    (registry / name / "production").write_text(refused + "\n")  # an operator's hand edit
+    outcome = client.service.refresh_model()
+    assert outcome.new_refusal and client.service.holder.require().version == good
+    info = client.stub.GetModel(pb.GetModelRequest(version=refused), timeout=WAIT)
+    assert info.production and not info.serving and "universe differs" in info.refused
+    listed = {
+        m.version: m for m in client.stub.ListModels(pb.ListModelsRequest(), timeout=WAIT).models
+    }
+    assert "universe differs" in listed[refused].refused
+    assert listed[good].serving and listed[good].refused == ""
+
+
 def test_assets_come_in_the_manifest_order_of_the_sets_model_version(
     connect, sqlite_engine, registry, served_run
 ):

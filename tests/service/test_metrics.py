@@ -431,6 +431,17 @@ def test_ledger_figures_are_exported_as_given():
     assert _value(samples, "momentum_paper_rolling_sharpe") == 0.8
 
 
+def test_refusals_are_counted_once_each_and_the_production_flag_follows():
+    metrics = ServiceMetrics()
+    metrics.observe_refusal(True, new=True)
+    metrics.observe_refusal(True, new=False)  # the same refusal remembered
+    samples = _rendered(metrics)
+    assert _value(samples, "momentum_model_refusals_total") == 1
+    assert _value(samples, "momentum_model_production_refused") == 1
+    metrics.observe_refusal(False, new=False)
+    assert _value(_rendered(metrics), "momentum_model_production_refused") == 0
+
+
 def test_ingest_batches_are_counted_by_outcome_with_their_rejected_rows():
     metrics = ServiceMetrics()
     metrics.observe_ingest(0)

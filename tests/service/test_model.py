@@ -92,6 +92,69 @@ def test_a_bad_model_is_refused_and_the_previous_one_keeps_serving(
     assert result.status == "succeeded" and result.model_version == good
 
 
+def test_a_refused_version_is_tried_once_and_a_restart_serves_the_last_good_one(
+    registry, served_run, sqlite_engine, caplog
+):
+    name, good = served_run["name"], served_run["version"]
+    holder = ModelHolder(registry, name, tickers=TICKERS, device="cpu", engine=sqlite_engine)
+    assert holder.refresh().changed
+    _variant(registry, name, good, "bad", edit=_bad_features)
+    first = holder.refresh()
+    assert first.new_refusal and not first.fallback and holder.require().version == good
+    again = holder.refresh()  # the same refused version: not loaded, not recorded again
+    assert not again.new_refusal and again.refused == first.refused
+    assert len(store.read_model_loads(sqlite_engine, model_name=name)) == 2
+
+    # a restart with the pointer still on the refused version: the last good one serves
+    restarted = ModelHolder(registry, name, tickers=TICKERS, device="cpu", engine=sqlite_engine)
+    with caplog.at_level("WARNING", logger="service.model"):
+        outcome = restarted.refresh()
+    assert outcome.changed and outcome.fallback and outcome.new_refusal
+    assert restarted.require().version == good and restarted.fallback
+    assert "serving " + good in caplog.text and "features version '0.9'" in caplog.text
+    loads = store.read_model_loads(sqlite_engine, model_name=name)
+    assert loads["reason"].iloc[0] == "fallback: production bad refused"
+    # a servable version promoted later replaces the fallback
+    _variant(registry, name, good, "v3")
+    assert restarted.refresh().model.version == "v3" and not restarted.fallback
+
+
+def test_the_service_serves_a_promoted_version_without_a_cycle(
+    registry, served_run, sqlite_engine, clean_env
+):
+    import time
+
+    from service.app import SignalService
+    from service.config import load_settings
+
+    name, good = served_run["name"], served_run["version"]
+    settings = load_settings(registry_dir=registry, model_name=name, device="cpu", _env_file=None)
+    service = SignalService(settings, engine=sqlite_engine)
+    assert service.refresh_model().model.version == good
+    halt = service.watch_model(interval=0.1)
+    try:
+        _variant(registry, name, good, "v2")  # promoted: no cycle runs in this test
+        deadline = time.monotonic() + 20
+        while service.holder.require().version != "v2":
+            assert time.monotonic() < deadline, "the promoted version was never loaded"
+            time.sleep(0.05)
+    finally:
+        halt()
+    assert store.read_cycle_runs(sqlite_engine).empty
+    with pytest.raises(ValueError, match="`interval`"):
+        service.watch_model(interval=0)
+
+
+def test_with_no_good_version_before_a_restart_serves_nothing(registry, served_run, sqlite_engine):
+    name, good = served_run["name"], served_run["version"]
+    _variant(registry, name, good, "bad", edit=_bad_features)
+    holder = ModelHolder(registry, name, tickers=TICKERS, device="cpu", engine=sqlite_engine)
+    outcome = holder.refresh()
+    assert outcome.model is None and not outcome.fallback and outcome.refused is not None
+    with pytest.raises(ModelRefused, match="features version"):
+        holder.require()
+
+
 def test_the_holder_follows_the_production_pointer(registry, served_run):
     name, good = served_run["name"], served_run["version"]
     holder = ModelHolder(registry, name, tickers=TICKERS, device="cpu")
