@@ -275,25 +275,14 @@ class SignalService:
         ``model_poll_seconds``) in a thread; returns stop(). A promoted version is loaded
         without waiting for a cycle; a refused one is reported once (`refresh_model`)."""
         every = self.settings.model_poll_seconds if interval is None else interval
-        if not every > 0:
-            raise ValueError(f"`interval` must be positive, got {every}")
-        stop = threading.Event()
 
-        def loop() -> None:
-            while not stop.wait(every):
-                try:
-                    self.refresh_model()
-                except Exception:
-                    log.exception("following the production pointer failed")
+        def tick() -> None:
+            try:
+                self.refresh_model()
+            except Exception:
+                log.exception("following the production pointer failed")
 
-        thread = threading.Thread(target=loop, name="model-watch", daemon=True)
-        thread.start()
-
-        def halt() -> None:
-            stop.set()
-            thread.join(timeout=every + 5)
-
-        return halt
+        return _every(every, "model-watch", tick)
 
     def watch_store(self, interval: float = 2.0) -> Callable[[], None]:
         """Publish cycles that another process stored (read replicas); returns stop().
@@ -301,31 +290,22 @@ class SignalService:
         Every `interval` seconds the newest succeeded cycle run is read; a new one is
         published to the subscribers (StreamPositions) like a cycle run here.
         """
-        stop = threading.Event()
         last = self._newest_run()
         newest = last.run_id if last is not None else -1
 
-        def loop() -> None:
+        def tick() -> None:
             nonlocal newest
-            while not stop.wait(interval):
-                try:
-                    self.refresh_model()  # follow the production pointer, as the writer does
-                    found = self._newest_run()
-                except Exception:
-                    log.exception("reading cycle runs failed")
-                    continue
-                if found is not None and found.run_id > newest:
-                    newest = found.run_id
-                    self._publish(found)  # type: ignore[arg-type]
+            try:
+                self.refresh_model()  # follow the production pointer, as the writer does
+                found = self._newest_run()
+            except Exception:
+                log.exception("reading cycle runs failed")
+                return
+            if found is not None and found.run_id > newest:
+                newest = found.run_id
+                self._publish(found)  # type: ignore[arg-type]
 
-        thread = threading.Thread(target=loop, name="store-watch", daemon=True)
-        thread.start()
-
-        def halt() -> None:
-            stop.set()
-            thread.join(timeout=interval + 5)
-
-        return halt
+        return _every(interval, "store-watch", tick)
 
     def _newest_run(self) -> StoredCycle | None:
         runs = store.read_cycle_runs(self.engine, status="succeeded", limit=1)
@@ -409,3 +389,23 @@ def _covers(results: list[CycleResult], since: pd.Timestamp, stored: pd.Datetime
         and all(r.status != "failed" for r in results)
         and set(stored[stored >= since]) <= days
     )
+
+
+def _every(interval: float, name: str, tick: Callable[[], None]) -> Callable[[], None]:
+    """Run `tick` every `interval` seconds in a daemon thread; returns stop() (joins it)."""
+    if not interval > 0:
+        raise ValueError(f"`interval` must be positive, got {interval}")
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            tick()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=interval + 5)
+
+    return halt
