@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,25 @@ from service.cycle import CycleResult
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
 if TYPE_CHECKING:
-    from service.app import SignalService
+    import exchange_calendars as xcals
+
+    from service.config import Settings
+    from service.model import ModelHolder
+
+
+class SignalService(Protocol):
+    """What the queries need of :class:`service.app.SignalService` (which imports this module)."""
+
+    settings: Settings
+    engine: sa.Engine
+    calendar: xcals.ExchangeCalendar
+    holder: ModelHolder
+
+    @property
+    def tickers(self) -> list[str]: ...
+
+    def run_session(self, session: Any) -> CycleResult: ...
+
 
 __all__ = [
     "CycleContext",
