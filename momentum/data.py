@@ -41,6 +41,7 @@ __all__ = [
     "SyntheticPanel",
     "load_index",
     "load_prices",
+    "read_table",
     "markets",
     "sectors",
     "synthetic_prices",
@@ -177,7 +178,11 @@ def load_prices(
 
 
 def validate_prices(
-    prices: pd.DataFrame, *, source: str = "<frame>", max_fill: int = 5
+    prices: pd.DataFrame,
+    *,
+    source: str = "<frame>",
+    max_fill: int = 5,
+    missing: frozenset[str] = MISSING_TOKENS,
 ) -> pd.DataFrame:
     """Check a raw price table and return it as a clean panel.
 
@@ -194,6 +199,8 @@ def validate_prices(
         Label used in error messages (the file name when called by :func:`load_prices`).
     max_fill : int, default 5
         Longest interior run of missing sessions that is forward-filled.
+    missing : frozenset of str, default MISSING_TOKENS
+        Cell texts (stripped, lower case) that mean "no price", as for :func:`load_prices`.
 
     Returns
     -------
@@ -224,7 +231,23 @@ def validate_prices(
     [10.0, 10.0, 11.0]
     """
     _check_max_fill(max_fill)
-    return _validate(prices, source, max_fill, stacklevel=3)
+    return _validate(prices, source, max_fill, stacklevel=3, missing=missing)
+
+
+def read_table(source: str | os.PathLike[str]) -> pd.DataFrame:
+    """A price file as the raw table `validate_prices` takes (CSV cells kept as text).
+
+    For callers that take a column out before validation (the service's ``override``).
+
+    Raises
+    ------
+    PriceDataError
+        Unsupported type, unreadable or empty file.
+    FileNotFoundError
+        No such file.
+    """
+    path, label = _resolve(source)
+    return _read_table(path, label)
 
 
 def load_index(source: str | os.PathLike[str] = "sp500") -> pd.Series:

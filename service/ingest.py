@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from momentum.data import PriceDataError, load_prices
+from momentum.data import EMBEDDED, PriceDataError, load_prices, read_table, validate_prices
 from service import store
 from service.calendar import as_date, exchange_today, get_calendar
 from service.ingest_checks import (
@@ -362,15 +362,23 @@ def ingest_file(
         ``path`` does not exist (not a data problem: nothing to report per row).
     """
     label = os.fspath(path)
+    flags = None
     try:
-        # only an empty cell is "no close": a literal nan is refused, as over gRPC
-        prices = load_prices(path, max_fill=0, missing=frozenset({""}))
+        if label in EMBEDDED:
+            prices = load_prices(label, max_fill=0, missing=_EMPTY_ONLY)
+        else:
+            table, flags = _split_override(read_table(path), label)
+            prices = validate_prices(table, source=label, max_fill=0, missing=_EMPTY_ONLY)
     except PriceDataError as exc:
         log.warning("rejected file %s: %s", label, exc)
         return IngestResult(0, 0, 0, [Rejection(-1, exc.date, exc.ticker, str(exc))])
+    rows = panel_rows(prices)
+    if flags is not None:
+        key = pd.MultiIndex.from_arrays([pd.DatetimeIndex(rows["date"]), rows["ticker"]])
+        rows["override"] = flags.reindex(key).fillna("").to_numpy()
     return ingest_closes(
         engine,
-        panel_rows(prices),
+        rows,
         universe=universe,
         calendar=calendar,
         today=today,
@@ -378,6 +386,37 @@ def ingest_file(
         source=Path(label).name[: store.NAME_LENGTH] if source is None else source,
         rules=rules,
     )
+
+
+# only an empty cell is "no close" in a file ingested here: a literal nan is refused, as over
+# gRPC, where a close is a number
+_EMPTY_ONLY = frozenset({""})
+
+
+def _split_override(table: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The table without its ``override`` column, and that column by (date, ticker).
+
+    Only a long table (``date, ticker, close``) has one flag per close; the flags keep their
+    text (``ingest_closes`` parses them and rejects what is neither true nor false).
+    """
+    names = [str(c).strip().lower() for c in table.columns]
+    if "override" not in names:
+        return table, None
+    if "ticker" not in names or "date" not in names:
+        raise PriceDataError(
+            "an override column needs the long layout: date, ticker, close, override",
+            source=label,
+        )
+    column = {name: table.columns[k] for k, name in enumerate(names)}
+    dates = pd.to_datetime(table[column["date"]], errors="coerce", format="ISO8601")
+    flags = pd.Series(
+        table[column["override"]].astype(str).to_numpy(),
+        index=pd.MultiIndex.from_arrays(
+            [pd.DatetimeIndex(dates).normalize(), table[column["ticker"]].astype(str).str.strip()]
+        ),
+    )
+    flags = flags[~flags.index.duplicated(keep="last")]
+    return table.drop(columns=column["override"]), flags
 
 
 def replay_rows(

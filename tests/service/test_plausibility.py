@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from service import store
-from service.ingest import ingest_closes
+from service.ingest import ingest_closes, ingest_file
 from service.plausibility import PlausibilityRules
 from tests.service.conftest import snapshot
 
@@ -141,3 +141,26 @@ def test_a_source_longer_than_the_schema_is_refused(seeded):
     with pytest.raises(ValueError, match="`source` must be at most 128 characters"):
         _ingest(seeded, _rows(("2022-01-05", "AAA", 101.0)), source="x" * 100_000)
     assert snapshot(seeded) == before
+
+
+def test_a_long_file_carries_override_per_row(seeded, tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_text(
+        "date,ticker,close,override\n"
+        "2022-01-05,AAA,10.1,true\n"  # a 1:10 split someone checked
+        "2022-01-05,BBB,200.0,\n"  # a 10x jump without the flag
+    )
+    result = ingest_file(seeded, path, universe=UNIVERSE, calendar="XNYS", today=TODAY)
+    assert [
+        (r.ticker, "9.756x the previous close 20.5" in r.reason) for r in result.rejections
+    ] == [("BBB", True)]
+    path.write_text(
+        "date,ticker,close,override\n2022-01-05,AAA,10.1,true\n2022-01-05,BBB,20.6,false\n"
+    )
+    stored = ingest_file(seeded, path, universe=UNIVERSE, calendar="XNYS", today=TODAY)
+    assert stored.ok and stored.accepted == 2
+    # a wide file has no row per close to carry the flag
+    wide = tmp_path / "wide.csv"
+    wide.write_text("date,AAA,override\n2022-01-06,10.2,true\n")
+    refused = ingest_file(seeded, wide, universe=UNIVERSE, calendar="XNYS", today=TODAY)
+    assert "override column needs the long layout" in refused.rejections[0].reason
