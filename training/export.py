@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from momentum.contract import INPUT_NAME, MAX_WINDOWS, OUTPUT_NAME
+from momentum.contract import INPUT_NAME, OUTPUT_NAME
 from momentum.manifest import (
     MODEL_FILE,
     ManifestError,
@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # a serve extra, imported where a session is made
     import onnxruntime as ort
 
 __all__ = [
+    "PARITY_WINDOWS",
     "check_servable",
     "OPSET",
     "PARITY_BATCHES",
@@ -77,10 +78,14 @@ ROUNDING_WINDOWS = 2048
 """Most (date, asset) windows the float64 rounding estimate of the parity check runs on."""
 
 
+PARITY_WINDOWS = 8192
+"""Most (date, asset) windows of the parity check's larger batch (two dates at least)."""
+
+
 def parity_batches_for(n_assets: int, batches: Sequence[int] = PARITY_BATCHES) -> tuple[int, ...]:
     """The parity check's batch sizes for a universe: each capped so batch x assets stays
-    within `momentum.contract.MAX_WINDOWS` windows (at least 2, so the batch axis is still
-    exercised beyond 1).
+    within `PARITY_WINDOWS` windows (at least 2, so the batch axis is still exercised
+    beyond 1).
 
     256 x 3,103 assets would be 794,000 sequences: the check alone (and the float64 copy
     of the model it runs for the rounding estimate) once went past 23 GB at 500 assets.
@@ -88,7 +93,7 @@ def parity_batches_for(n_assets: int, batches: Sequence[int] = PARITY_BATCHES) -
     >>> parity_batches_for(20), parity_batches_for(3103)
     ((1, 256), (1, 2))
     """
-    cap = max(2, MAX_WINDOWS // max(1, n_assets))
+    cap = max(2, PARITY_WINDOWS // max(1, n_assets))
     return tuple(sorted({b if b <= 1 else min(b, cap) for b in batches}))
 
 

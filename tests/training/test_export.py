@@ -39,13 +39,13 @@ def _lookback(spec, config):
 
 
 def test_the_parity_batch_is_bounded_in_windows_for_wide_universes():
-    from momentum.contract import MAX_WINDOWS
+    from training.export import PARITY_WINDOWS
 
     assert parity_batches_for(20) == (1, 256)
-    assert parity_batches_for(500) == (1, MAX_WINDOWS // 500)
+    assert parity_batches_for(500) == (1, PARITY_WINDOWS // 500)
     assert parity_batches_for(3103) == (1, 2)  # still above 1: the batch axis is exercised
     assert parity_batches_for(100_000) == (1, 2)
-    assert all(b * 3103 <= MAX_WINDOWS for b in parity_batches_for(3103))
+    assert all(b * 3103 <= PARITY_WINDOWS for b in parity_batches_for(3103))
 
 
 def test_a_wide_universe_exports_with_a_bounded_parity_batch(tmp_path):
