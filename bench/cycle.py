@@ -248,6 +248,7 @@ def run_one(args: argparse.Namespace, n_assets: int) -> None:
             flush=True,
         )
         service = _service(engine, registry, name, data)
+        service.refresh_model()  # the model's load and warm-up are not a session's cost
         warm, sessions, ingest_day = [], [], []
         for day in cycle_days[1 : 1 + args.warm]:
             ingest_day.append(_ingest(engine, prices.loc[[day]])[1])
