@@ -194,7 +194,8 @@ class SignalService:
             self.refresh_model()
             model = self.holder.require()
             marker = store.pending_rerun(self.engine)
-            stored = store.positions_dates(self.engine, model.name)
+            # the sets a pending rerun must replace (read only when one is pending)
+            stored = None if marker is None else store.positions_dates(self.engine, model.name)
             for result in run_cycles(
                 self.engine, model, sessions, options=self.options, notify=self._publish
             ):
@@ -204,7 +205,7 @@ class SignalService:
                 results.append(result)
                 if each is not None:
                     each(result)
-            if marker is not None and _covers(results, marker[1], stored):
+            if marker is not None and stored is not None and _covers(results, marker[1], stored):
                 store.clear_reruns(self.engine, upto=marker[0])
                 log.info(
                     "reran the sessions from %s: the stored sets are current", marker[1].date()

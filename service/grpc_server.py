@@ -79,7 +79,6 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # registry names and versions become directory names: the settings' pattern, so a request can
 # never reach outside the registry ("../x" is refused before any path is built)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_NAME_LENGTH = store.NAME_LENGTH
 _CACHE_SIZE = 256  # encoded messages kept, as many as the reader's cached sets
 
 
@@ -117,10 +116,10 @@ def parse_name(text: str, field: str) -> str | None:
     """
     if not text:
         return None
-    if len(text) > _NAME_LENGTH or not _NAME.fullmatch(text):
+    if len(text) > store.NAME_LENGTH or not _NAME.fullmatch(text):
         raise InvalidArgument(
             f"`{field}` must be letters, digits, '.', '_' or '-' (starting with a letter or "
-            f"digit, at most {_NAME_LENGTH} characters), got {text!r}"
+            f"digit, at most {store.NAME_LENGTH} characters), got {text!r}"
         )
     return text
 

@@ -228,7 +228,6 @@ class ModelHolder:
         self.engine = engine
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
-        self.last_refusal: str | None = None
         # the refused version and why (registry versions are immutable: never retried)
         self._refused: tuple[str | None, str] | None = None
         self.fallback = False  # serving an older version because production was refused
@@ -236,6 +235,11 @@ class ModelHolder:
     @property
     def current(self) -> LoadedModel | None:
         return self._current
+
+    @property
+    def last_refusal(self) -> str | None:
+        """Why the wanted version is not served (None once a version loaded)."""
+        return None if self._refused is None else self._refused[1]
 
     def require(self) -> LoadedModel:
         """The current model, or `ModelRefused` saying why none is loaded."""
@@ -275,7 +279,6 @@ class ModelHolder:
                 return self._refuse(wanted, str(err), current)
             self._current = model
             self._refused = None
-            self.last_refusal = None
             self.fallback = False
             self._record(
                 model.version, ok=True, sha256=model.manifest.onnx.sha256, provider=model.provider
@@ -283,7 +286,6 @@ class ModelHolder:
             return LoadOutcome(True, model)
 
     def _refuse(self, wanted: str | None, reason: str, current: LoadedModel | None) -> LoadOutcome:
-        self.last_refusal = reason
         self._refused = (wanted, reason)
         self._record(wanted, ok=False, reason=reason)
         label = self.name if wanted is None else f"{self.name} {wanted}"

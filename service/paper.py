@@ -206,14 +206,15 @@ def _weight_panel(sets: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=pd.Index(tickers, name="ticker")).fillna(0.0)
 
 
-def _next_returns(
+def _start_end_closes(
     closes: pd.DataFrame, tickers: pd.Index, days: pd.DatetimeIndex, marks: pd.DatetimeIndex
-) -> np.ndarray:
-    """``p_{i,t+1} / p_{i,t} - 1`` for each (t, t+1) pair; shape ``(len(days), n_tickers)``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The closes ``p_{i,t}`` and ``p_{i,t+1}`` of each (t, t+1) pair, NaN where not stored;
+    each of shape ``(len(days), n_tickers)``."""
     panel = closes.reindex(columns=tickers)
     start = panel.reindex(index=days).to_numpy(dtype=np.float64)
     end = panel.reindex(index=marks).to_numpy(dtype=np.float64)
-    return end / start - 1.0
+    return start, end
 
 
 def update_ledger(
@@ -322,10 +323,10 @@ def _mark(
     traded = turnover(weights.to_numpy()).sum(axis=1)  # (n_sets,)
     rows_in_panel = [i - first + len(held_before) for i in todo]
     held = weights.to_numpy()[rows_in_panel]  # (n_todo, n_tickers)
-    moves = _next_returns(closes, weights.columns, dates[todo], nexts[todo])
+    starts, ends = _start_end_closes(closes, weights.columns, dates[todo], nexts[todo])
+    moves = ends / starts - 1.0  # p_{t+1} / p_t - 1
     unknown = (held != 0.0) & ~np.isfinite(moves)
     # held without a close of t+1: the day waits for it unless the set of t+1 flags it stale
-    ends = closes.reindex(index=nexts[todo], columns=weights.columns).to_numpy(dtype=np.float64)
     waiting = (held != 0.0) & ~np.isfinite(ends)
     moves = np.where(np.isfinite(moves), moves, 0.0)  # a missing close earns 0, counted below
     gross = captured_returns(held, moves).sum(axis=1)  # (n_todo,), weights already hold 1/N_t

@@ -104,8 +104,6 @@ NAME_LENGTH = 128
 """Longest model name, version or close source the store keeps (the schema's width)."""
 TICKER_LENGTH = 64
 """Longest ticker the store keeps (SQLite does not enforce a width: the callers do)."""
-_NAME_LENGTH = NAME_LENGTH
-_TICKER_LENGTH = TICKER_LENGTH
 
 
 class _UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -151,9 +149,9 @@ closes = sa.Table(
     "closes",
     metadata,
     sa.Column("date", sa.Date, primary_key=True),
-    sa.Column("ticker", sa.String(_TICKER_LENGTH), primary_key=True),
+    sa.Column("ticker", sa.String(TICKER_LENGTH), primary_key=True),
     sa.Column("close", sa.Double, nullable=False),
-    sa.Column("source", sa.String(_NAME_LENGTH), nullable=False),
+    sa.Column("source", sa.String(NAME_LENGTH), nullable=False),
     sa.Column("ingested_at", _UtcDateTime, nullable=False),
     sa.CheckConstraint("close > 0", name="close_positive"),
 )
@@ -163,10 +161,10 @@ close_corrections = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("date", sa.Date, nullable=False),
-    sa.Column("ticker", sa.String(_TICKER_LENGTH), nullable=False),
+    sa.Column("ticker", sa.String(TICKER_LENGTH), nullable=False),
     sa.Column("old_close", sa.Double, nullable=False),
     sa.Column("new_close", sa.Double, nullable=False),
-    sa.Column("source", sa.String(_NAME_LENGTH), nullable=False),
+    sa.Column("source", sa.String(NAME_LENGTH), nullable=False),
     sa.Column("corrected_at", _UtcDateTime, nullable=False),
     sa.Index(None, "date", "ticker"),
 )
@@ -176,9 +174,9 @@ cycle_runs = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("as_of", sa.Date, nullable=False),
-    sa.Column("model_name", sa.String(_NAME_LENGTH), nullable=False),
+    sa.Column("model_name", sa.String(NAME_LENGTH), nullable=False),
     # NULL when the cycle failed before a model version was known (e.g. no model loaded)
-    sa.Column("model_version", sa.String(_NAME_LENGTH)),
+    sa.Column("model_version", sa.String(NAME_LENGTH)),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("started_at", _UtcDateTime, nullable=False),
     sa.Column("finished_at", _UtcDateTime),
@@ -197,9 +195,9 @@ positions = sa.Table(
     "positions",
     metadata,
     sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("model_name", sa.String(_NAME_LENGTH), primary_key=True),
-    sa.Column("model_version", sa.String(_NAME_LENGTH), primary_key=True),
-    sa.Column("ticker", sa.String(_TICKER_LENGTH), primary_key=True),
+    sa.Column("model_name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("model_version", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("ticker", sa.String(TICKER_LENGTH), primary_key=True),
     sa.Column("signal", sa.Double),  # X in [-1, 1]; NULL: not tradable on as_of
     sa.Column("vol", sa.Double),  # annualised: daily EWM std x sqrt(252)
     sa.Column("weight", sa.Double),  # eq. (1): X x vol_target / vol / N_t
@@ -212,8 +210,8 @@ model_loads = sa.Table(
     "model_loads",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("model_name", sa.String(_NAME_LENGTH), nullable=False),
-    sa.Column("model_version", sa.String(_NAME_LENGTH)),
+    sa.Column("model_name", sa.String(NAME_LENGTH), nullable=False),
+    sa.Column("model_version", sa.String(NAME_LENGTH)),
     sa.Column("sha256", sa.String(64)),
     sa.Column("provider", sa.String(64)),  # onnxruntime execution provider actually used
     sa.Column("loaded_at", _UtcDateTime, nullable=False),
@@ -225,8 +223,8 @@ paper_ledger = sa.Table(
     "paper_ledger",
     metadata,
     sa.Column("date", sa.Date, primary_key=True),
-    sa.Column("model_name", sa.String(_NAME_LENGTH), primary_key=True),
-    sa.Column("model_version", sa.String(_NAME_LENGTH)),
+    sa.Column("model_name", sa.String(NAME_LENGTH), primary_key=True),
+    sa.Column("model_version", sa.String(NAME_LENGTH)),
     sa.Column("gross_return", sa.Double, nullable=False),
     sa.Column("cost", sa.Double, nullable=False),
     sa.Column("net_return", sa.Double, nullable=False),  # eq. (13): gross - c x turnover
