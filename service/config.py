@@ -275,6 +275,48 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         default=50051, ge=1, le=65535, description="Port of the gRPC server (1-65535)."
     )
+    grpc_workers: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description=(
+            "Threads that answer the store and model work of gRPC calls (reads, ingests, "
+            "cycles). The server itself is asynchronous: open streams hold no thread."
+        ),
+    )
+    grpc_max_streams: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Open StreamPositions calls the server accepts in all; one more is refused with "
+            "RESOURCE_EXHAUSTED."
+        ),
+    )
+    grpc_max_streams_per_client: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Open StreamPositions calls accepted from one client address (its IP; clients "
+            "behind one NAT share it); one more is refused with RESOURCE_EXHAUSTED."
+        ),
+    )
+    grpc_stream_backlog: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Positions sets a stream may fall behind while its client does not read; one "
+            "more and the stream is dropped with RESOURCE_EXHAUSTED (the client reconnects "
+            "and reads the latest set)."
+        ),
+    )
+    grpc_reuse_port: bool = Field(
+        default=False,
+        description=(
+            "Bind the gRPC port with SO_REUSEPORT, so that several processes on one host "
+            "(a writer and `--reader` replicas) share it and the kernel spreads connections. "
+            "Off: a port in use fails the start."
+        ),
+    )
     allow_insecure: bool = Field(
         default=False,
         description=(

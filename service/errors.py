@@ -18,6 +18,8 @@ FAILED_PRECONDITION      not ready: no model loaded or a model refused (``ModelR
 UNAVAILABLE              shutting down (:class:`Unavailable`), the store unreachable or
                          locked (``sqlalchemy.exc.OperationalError``): retry later
 UNAUTHENTICATED          missing or wrong bearer token (:class:`Unauthenticated`)
+RESOURCE_EXHAUSTED       a stream refused at a subscriber limit or dropped for falling behind
+                         (:class:`ResourceExhausted`)
 INTERNAL                 anything else (a bug); the details do not echo the exception
 =======================  ===================================================================
 
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "OutOfRange",
+    "ResourceExhausted",
     "ServiceError",
     "Unauthenticated",
     "Unavailable",
@@ -76,6 +79,10 @@ class Unavailable(ServiceError, RuntimeError):
     """The service cannot answer now (shutting down); the client may retry elsewhere or later."""
 
 
+class ResourceExhausted(ServiceError, RuntimeError):
+    """A limit of the server was reached (open streams, a stream's backlog); retry later."""
+
+
 class Unauthenticated(ServiceError, PermissionError):
     """The bearer token is missing or wrong."""
 
@@ -91,6 +98,7 @@ STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = MappingProxyType(
         FailedPrecondition: StatusCode.FAILED_PRECONDITION,
         Unavailable: StatusCode.UNAVAILABLE,
         Unauthenticated: StatusCode.UNAUTHENTICATED,
+        ResourceExhausted: StatusCode.RESOURCE_EXHAUSTED,
         # errors of the layers below, by what they mean to a client
         ModelRefused: StatusCode.FAILED_PRECONDITION,
         ManifestError: StatusCode.FAILED_PRECONDITION,  # an entry that fails verification

@@ -10,15 +10,21 @@ Outermost first, as :class:`service.grpc_server.GrpcServer` installs them:
   into the status code of :func:`service.errors.status_for`, so handlers raise domain
   errors and never touch a gRPC context.
 
-Each one rewraps the handler of its kind (unary or streaming) with :func:`_rewrap`.
+The server is ``grpc.aio``: handlers are coroutines, and each interceptor rewraps a handler
+with :func:`_rewrap` into a coroutine of the same kind. A response-streaming handler may be
+an async generator (the reflection service's) or a coroutine that writes with
+``context.write`` (``StreamPositions``, health's ``Watch``); the wrapper always writes, so
+both kinds pass through every interceptor alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -50,7 +56,26 @@ class RpcObserver(Protocol):
     def observe_rpc(self, method: str, code: str, seconds: float) -> None: ...
 
 
-Behaviour = Callable[[Any, Any], Any]
+# (request or request iterator, context) -> the response (unary) or None (streaming: written)
+Behaviour = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _as_coroutine(behaviour: Callable[[Any, Any], Any], streaming: bool) -> Behaviour:
+    """`behaviour` as a coroutine function; a streaming one writes its responses itself."""
+    if not streaming:
+        return behaviour
+
+    async def written(request: Any, context: Any) -> None:
+        result = behaviour(request, context)
+        if inspect.isasyncgen(result):
+            async for message in result:
+                await context.write(message)
+        elif inspect.isawaitable(result):
+            await result
+        else:  # pragma: no cover - every handler of this server is asynchronous
+            raise TypeError(f"a synchronous streaming handler cannot run here: {behaviour!r}")
+
+    return written
 
 
 def _rewrap(
@@ -59,64 +84,51 @@ def _rewrap(
     """A handler of `handler`'s kind whose behaviour is ``wrap(behaviour, streams_responses)``."""
     codecs = (handler.request_deserializer, handler.response_serializer)
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), *codecs)
+        behaviour = wrap(_as_coroutine(handler.stream_stream, True), True)
+        return grpc.stream_stream_rpc_method_handler(behaviour, *codecs)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), *codecs)
+        behaviour = wrap(_as_coroutine(handler.stream_unary, False), False)
+        return grpc.stream_unary_rpc_method_handler(behaviour, *codecs)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), *codecs)
-    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), *codecs)
+        behaviour = wrap(_as_coroutine(handler.unary_stream, True), True)
+        return grpc.unary_stream_rpc_method_handler(behaviour, *codecs)
+    behaviour = wrap(_as_coroutine(handler.unary_unary, False), False)
+    return grpc.unary_unary_rpc_method_handler(behaviour, *codecs)
 
 
-def _aborted(context: Any) -> bool:
-    code = context.code()
-    return code is not None and code is not grpc.StatusCode.OK
-
-
-def _abort(context: Any, exc: Exception) -> None:
+async def _abort(context: Any, exc: Exception) -> None:
     """End the RPC with the table's status for `exc` (raises, as ``context.abort`` does)."""
     code = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.error("internal error answering a request", exc_info=exc)
-    context.abort(code, details_for(exc))
+    await context.abort(code, details_for(exc))
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps any exception of a SignalService handler to its status (:mod:`service.errors`)."""
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(SIGNAL_PREFIX):
             return handler
         return _rewrap(handler, self._mapping)
 
     @staticmethod
     def _mapping(behaviour: Behaviour, streaming: bool) -> Behaviour:
-        if streaming:
-
-            def stream(request: Any, context: Any) -> Iterator[Any]:
-                try:
-                    yield from behaviour(request, context)
-                except Exception as exc:
-                    if _aborted(context):
-                        raise
-                    _abort(context, exc)
-
-            return stream
-
-        def unary(request: Any, context: Any) -> Any:
+        async def mapped(request: Any, context: Any) -> Any:
             try:
-                return behaviour(request, context)
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:  # ended with its status already
+                raise
             except Exception as exc:
-                if _aborted(context):
-                    raise
-                _abort(context, exc)
+                await _abort(context, exc)
 
-        return unary
+        return mapped
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` metadata on every call but health checks.
 
     A missing, malformed or wrong token ends the call with UNAUTHENTICATED before the
@@ -129,10 +141,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._token = token.encode()
         self._open = tuple(open_prefixes)
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self._open):
             return handler
         problem = self._problem(handler_call_details.invocation_metadata or ())
@@ -140,8 +152,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         refusal = Unauthenticated(problem)
 
-        def refuse(request: Any, context: Any) -> Any:
-            _abort(context, refusal)
+        async def refuse(request: Any, context: Any) -> Any:
+            await _abort(context, refusal)
 
         return _rewrap(handler, lambda _behaviour, _streaming: refuse)
 
@@ -161,10 +173,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
 def _code_name(context: Any, default: grpc.StatusCode) -> str:
     code = context.code()
-    return (default if code is None else code).name
+    if code is None:
+        return default.name
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    # the aio context reports the raw status number once aborted
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), default.name)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Reports every call's method, status code and wall time to ``observe_rpc``.
 
     `method` is the RPC's name (``"GetPositions"``), `code` the status name (``"OK"``,
@@ -183,16 +200,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         self._metrics = metrics
         self._skip = tuple(skip_prefixes)
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self._skip):
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        return _rewrap(
-            handler, lambda behaviour, streaming: self._timed(method, behaviour, streaming)
-        )
+        return _rewrap(handler, lambda behaviour, _streaming: self._timed(method, behaviour))
 
     def _observe(self, method: str, code: str, start: float) -> None:
         try:
@@ -200,40 +215,21 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         except Exception:  # a broken metrics sink must not fail the request
             log.exception("observe_rpc failed for %s", method)
 
-    def _timed(self, method: str, behaviour: Behaviour, streaming: bool) -> Behaviour:
-        if streaming:
-
-            def stream(request: Any, context: Any) -> Iterator[Any]:
-                start = time.perf_counter()
-                code = grpc.StatusCode.UNKNOWN.name
-                try:
-                    yield from behaviour(request, context)
-                    active = context.is_active()
-                    code = _code_name(context, grpc.StatusCode.OK) if active else "CANCELLED"
-                except GeneratorExit:  # the server dropped the stream: the client left
-                    code = grpc.StatusCode.CANCELLED.name
-                    raise
-                except BaseException:
-                    code = _code_name(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    self._observe(method, code, start)
-
-            return stream
-
-        def unary(request: Any, context: Any) -> Any:
+    def _timed(self, method: str, behaviour: Behaviour) -> Behaviour:
+        async def timed(request: Any, context: Any) -> Any:
             start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN.name
             try:
-                response = behaviour(request, context)
-            except BaseException:
-                self._observe(method, _code_name(context, grpc.StatusCode.UNKNOWN), start)
+                response = await behaviour(request, context)
+                code = _code_name(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:  # the client left or its deadline passed
+                code = grpc.StatusCode.CANCELLED.name
                 raise
-            self._observe(method, _code_name(context, grpc.StatusCode.OK), start)
-            return response
+            except BaseException:
+                code = _code_name(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                self._observe(method, code, start)
 
-        return unary
-
-
-# --------------------------------------------------------------------------------------------
-# server
-# --------------------------------------------------------------------------------------------
+        return timed

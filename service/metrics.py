@@ -368,6 +368,21 @@ class ServiceMetrics:
             buckets=RPC_BUCKETS,
             registry=r,
         )
+        self.grpc_streams = Gauge(
+            "momentum_grpc_streams",
+            "StreamPositions calls open now.",
+            registry=r,
+        )
+        self.grpc_streams_dropped = Counter(
+            "momentum_grpc_streams_dropped",
+            "StreamPositions calls ended or refused by the server: `backlog` (a slow consumer "
+            "fell MOMENTUM_GRPC_STREAM_BACKLOG sets behind), `server_limit` and `client_limit` "
+            "(refused at open).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("backlog", "server_limit", "client_limit"):
+            self.grpc_streams_dropped.labels(reason=reason)
 
         # per asset, only on request
         self.ticker_weight: Gauge | None = None
@@ -566,6 +581,14 @@ class ServiceMetrics:
         """
         self.grpc_requests.labels(method=method, code=code).inc()
         self.grpc_duration.labels(method=method).observe(seconds)
+
+    def observe_streams(self, open_streams: int) -> None:
+        """``momentum_grpc_streams``: the StreamPositions calls open now."""
+        self.grpc_streams.set(open_streams)
+
+    def observe_stream_dropped(self, reason: str) -> None:
+        """Count a stream dropped (``"backlog"``) or refused at a limit."""
+        self.grpc_streams_dropped.labels(reason=reason).inc()
 
     # -- exposition -------------------------------------------------------------------------
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -22,9 +24,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import store
-from service.config import ENV_PREFIX
+from service._proto import signals_pb2_grpc as pb_grpc
+from service.app import SignalService
+from service.config import ENV_PREFIX, load_settings
+from service.grpc_server import GrpcServer
 
 PG_URL_VARIABLE = "MOMENTUM_TEST_DATABASE_URL"
 
@@ -191,3 +197,71 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+# --------------------------------------------------------------------------------------------
+# a real gRPC server and its clients
+# --------------------------------------------------------------------------------------------
+
+GRPC_WAIT = 30  # seconds: deadline of a call, so that a bug fails a test instead of hanging it
+
+
+@pytest.fixture
+def registry(served_run, tmp_path):
+    """A private copy of the served registry (some tests publish more versions)."""
+    path = tmp_path / "registry"
+    shutil.copytree(served_run["registry"], path)
+    return path
+
+
+class Client:
+    """A channel to a started server with its stubs."""
+
+    def __init__(self, server: GrpcServer, credentials: grpc.ChannelCredentials | None = None):
+        target = f"127.0.0.1:{server.port}"
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(target, credentials)
+        self.server = server
+        self.service = server.service
+        self.stub = pb_grpc.SignalServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def check(self, service: str = "", timeout: float = GRPC_WAIT, **kwargs) -> int:
+        return self.health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, **kwargs
+        ).status
+
+
+@pytest.fixture
+def connect(sqlite_engine, clean_env, registry, served_run):
+    """``connect(load=True, metrics=None, server={...}, **settings) -> Client``."""
+    servers: list[GrpcServer] = []
+    clients: list[Client] = []
+
+    def make(*, load=True, metrics=None, server=None, credentials=None, **settings) -> Client:
+        values = {
+            "registry_dir": registry,
+            "model_name": served_run["name"],
+            "device": "cpu",
+            "data_dir": clean_env / "var",
+            "_env_file": None,
+            **settings,
+        }
+        service = SignalService(load_settings(**values), engine=sqlite_engine)
+        if load:
+            assert service.holder.refresh().model is not None
+        started = GrpcServer(
+            service, host="127.0.0.1", port=0, metrics=metrics, **(server or {})
+        ).start()
+        servers.append(started)
+        client = Client(started, credentials)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.channel.close()
+    for server in servers:
+        server.stop(grace=0)

@@ -12,8 +12,8 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import shutil
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -32,10 +32,8 @@ from momentum.manifest import MANIFEST_FILE, MODEL_FILE, ManifestError, read_man
 from momentum.registry import RegistryError, publish
 from service import store
 from service._proto import signals_pb2 as pb
-from service._proto import signals_pb2_grpc as pb_grpc
 from service.app import SignalService
 from service.calendar import exchange_today
-from service.config import load_settings
 from service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -62,67 +60,6 @@ WAIT = 30  # seconds: deadline of every call, so that a bug fails a test instead
 # --------------------------------------------------------------------------------------------
 # fixtures and helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def registry(served_run, tmp_path):
-    """A private copy of the served registry (some tests publish more versions)."""
-    path = tmp_path / "registry"
-    shutil.copytree(served_run["registry"], path)
-    return path
-
-
-class Client:
-    """A channel to a started server with its stubs."""
-
-    def __init__(self, server: GrpcServer, credentials: grpc.ChannelCredentials | None = None):
-        target = f"127.0.0.1:{server.port}"
-        if credentials is None:
-            self.channel = grpc.insecure_channel(target)
-        else:
-            self.channel = grpc.secure_channel(target, credentials)
-        self.server = server
-        self.service = server.service
-        self.stub = pb_grpc.SignalServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    def check(self, service: str = "", **kwargs) -> int:
-        return self.health.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=WAIT, **kwargs
-        ).status
-
-
-@pytest.fixture
-def connect(sqlite_engine, clean_env, registry, served_run):
-    """``connect(load=True, metrics=None, server={...}, **settings) -> Client``."""
-    servers: list[GrpcServer] = []
-    clients: list[Client] = []
-
-    def make(*, load=True, metrics=None, server=None, credentials=None, **settings) -> Client:
-        values = {
-            "registry_dir": registry,
-            "model_name": served_run["name"],
-            "device": "cpu",
-            "data_dir": clean_env / "var",
-            "_env_file": None,
-            **settings,
-        }
-        service = SignalService(load_settings(**values), engine=sqlite_engine)
-        if load:
-            assert service.holder.refresh().model is not None
-        started = GrpcServer(
-            service, host="127.0.0.1", port=0, metrics=metrics, **(server or {})
-        ).start()
-        servers.append(started)
-        client = Client(started, credentials)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.channel.close()
-    for server in servers:
-        server.stop(grace=0)
 
 
 def _rpc_error(call, *args, **kwargs) -> grpc.RpcError:
@@ -525,34 +462,29 @@ def test_bearer_token_is_required_everywhere_but_health(connect):
 # --------------------------------------------------------------------------------------------
 
 
-def test_stream_sends_the_snapshot_then_each_cycle_and_unsubscribes_on_cancel(connect, served_run):
+def _until(condition, timeout: float = WAIT) -> bool:
+    """Poll `condition` until true (what a server thread does is not seen at once)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_stream_sends_the_snapshot_then_each_cycle_and_closes_on_cancel(connect, served_run):
     client = connect()
     service = client.service
     _history(service, "2021-03-31")
     snapshot_run = service.run_session("2021-03-30")
-    # catch the stream's subscription: its callback, and when it is dropped
-    callbacks, left = [], threading.Event()
-    subscribe = service.subscribe
-
-    def watched_subscribe(callback):
-        callbacks.append(callback)
-        unsubscribe = subscribe(callback)
-
-        def watched_unsubscribe():
-            unsubscribe()
-            left.set()
-
-        return watched_unsubscribe
-
-    service.subscribe = watched_subscribe
 
     stream = client.stub.StreamPositions(pb.StreamPositionsRequest(), timeout=WAIT)
     snapshot = next(stream)
     assert snapshot.as_of == "2021-03-30" and snapshot.run_id == snapshot_run.run_id
-    (deliver,) = callbacks
+    assert client.server.open_streams == 1
     # neither the snapshot's own cycle (published late) nor another model's is sent
-    deliver(snapshot_run)
-    deliver(dataclasses.replace(snapshot_run, model_name="other", run_id=10**6))
+    service._publish(snapshot_run)
+    service._publish(dataclasses.replace(snapshot_run, model_name="other", run_id=10**6))
     run = client.stub.RunCycle(pb.RunCycleRequest(date="2021-03-31"), timeout=WAIT)
     update = next(stream)
     assert update.as_of == "2021-03-31" and update.run_id == run.run_id
@@ -563,9 +495,8 @@ def test_stream_sends_the_snapshot_then_each_cycle_and_unsubscribes_on_cancel(co
     np.testing.assert_array_equal(
         [a.previous_weight for a in update.assets], [a.target_weight for a in snapshot.assets]
     )
-    assert not left.is_set()
     stream.cancel()
-    assert left.wait(WAIT)
+    assert _until(lambda: client.server.open_streams == 0)
 
 
 def test_health_follows_the_model_and_shutdown_ends_streams(connect, sqlite_engine, served_run):
