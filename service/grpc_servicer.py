@@ -145,6 +145,9 @@ class SignalServicer:
         name = parse_name(request.model_name, "model_name")
         as_of = parse_date(request.as_of, "as_of")
         version = parse_name(request.model_version, "model_version")
+        found = self.positions.cached(name, as_of, version)  # no store query: on the loop
+        if found is not None:
+            return self._encode(found)
         _, message = await self._blocking(self._positions, name, as_of, version)
         return message
 

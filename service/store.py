@@ -37,7 +37,9 @@ import contextlib
 import math
 import operator
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ __all__ = [
     "closes_dates",
     "correct_closes",
     "create_engine",
+    "data_version_probe",
     "cycle_runs",
     "drop_feature_states",
     "feature_state_stamp",
@@ -355,6 +358,31 @@ def _sqlite_engine(url: URL) -> sa.Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def data_version_probe(engine: sa.Engine) -> Callable[[], int] | None:
+    """A cheap "has anything changed?" for a SQLite file store; None for other stores.
+
+    The returned function reads ``PRAGMA data_version`` on a connection of its own, which
+    never writes: the value changes whenever any other connection (of this process or
+    another) has committed since the last call. A few microseconds, no pool checkout and
+    no transaction, so a cache can be validated on every request. PostgreSQL and in-memory
+    SQLite have no such counter: callers query what they need instead.
+    """
+    url = engine.url
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or url.query:  # URI forms: leave them to the engine
+        return None
+    connection = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+    lock = threading.Lock()
+
+    def probe() -> int:
+        with lock:
+            return int(connection.execute("PRAGMA data_version").fetchone()[0])
+
+    return probe
 
 
 @contextlib.contextmanager
