@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -554,6 +555,43 @@ def test_a_failed_cycle_after_a_cached_read_is_seen_as_stale(connect, sqlite_eng
     )
     again = client.stub.GetPositions(request, timeout=WAIT)
     assert again.stale and all(a.stale for a in again.assets) and again.as_of == "2021-03-30"
+
+
+def test_a_repeated_read_on_sqlite_sends_no_sql_yet_sees_another_process_write(
+    connect, sqlite_engine, served_run
+):
+    client = connect(load=False)
+    name, version = served_run["name"], served_run["version"]
+    _write(sqlite_engine, name, version, "2021-03-30", _hand_set())
+    request = pb.GetPositionsRequest()
+    assert client.stub.GetPositions(request, timeout=WAIT).as_of == "2021-03-30"
+    statements = []
+    sa.event.listen(
+        sqlite_engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+    for _ in range(3):
+        assert client.stub.GetPositions(request, timeout=WAIT).as_of == "2021-03-30"
+    assert statements == []  # answered from the cache: SQLite's data version did not move
+    # another process (an engine of its own on the same file) stores the next set
+    other = store.create_engine(sqlite_engine.url)
+    try:
+        _write(other, name, version, "2021-03-31", _hand_set())
+    finally:
+        other.dispose()
+    assert client.stub.GetPositions(request, timeout=WAIT).as_of == "2021-03-31"
+
+
+def test_only_a_sqlite_file_store_has_a_data_version_probe(tmp_path):
+    memory = store.create_engine("sqlite://")
+    assert store.data_version_probe(memory) is None
+    engine = store.create_engine(f"sqlite:///{tmp_path / 'probe.db'}")
+    probe = store.data_version_probe(engine)
+    assert probe is not None
+    before = probe()
+    assert probe() == before  # nothing committed
+    _write(engine, "slp", "v1", "2021-03-30", _hand_set())
+    assert probe() != before
+    engine.dispose()
 
 
 def test_reflection_lists_the_service_and_its_methods(connect):
