@@ -35,6 +35,7 @@ __all__ = [
     "input_windows",
     "model_values",
     "predict_rows",
+    "served_positions",
     "tradable",
 ]
 
@@ -58,6 +59,21 @@ def model_values(values: np.ndarray) -> np.ndarray:
     ndarray, shape (T, N, d), float32
     """
     return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def served_positions(raw: np.ndarray) -> np.ndarray:
+    """A model's raw positions as served and stored: float64, clipped to [-1, 1].
+
+    The graphs end in tanh (or a sign-preserving squash), whose float32 result can round to
+    1 + 1.2e-7; X must lie in [-1, 1] (DMN eq. 1). Every consumer of positions (the cycle,
+    the manifest's reference deciles of the signal) takes them through here, so the drift
+    monitor compares like with like: a reference edge at 1 + 1.2e-7 against live values
+    clipped to 1 splits the saturated mass into bins of float noise.
+
+    >>> served_positions(np.array([1.0000001, -1.0000001, 0.5], dtype=np.float32)).tolist()
+    [1.0, -1.0, 0.5]
+    """
+    return np.clip(np.asarray(raw, dtype=np.float64), -1.0, 1.0)
 
 
 def tradable(features: Features) -> np.ndarray:
@@ -108,7 +124,8 @@ def predict_rows(
     *,
     max_windows: int = MAX_WINDOWS,
 ) -> np.ndarray:
-    """A served model's positions for many decision rows, NaN where not tradable.
+    """A served model's positions for many decision rows (:func:`served_positions`), NaN
+    where not tradable.
 
     Parameters
     ----------
@@ -132,6 +149,8 @@ def predict_rows(
     out = np.full((len(rows), len(features.tickers)), np.nan)
     for lo in range(0, len(rows), chunk):
         part = rows[lo : lo + chunk]
-        out[lo : lo + len(part)] = positions(contract_inputs(features, part, lookback))
+        out[lo : lo + len(part)] = served_positions(
+            positions(contract_inputs(features, part, lookback))
+        )
     out[~tradable(features)[rows]] = np.nan
     return out

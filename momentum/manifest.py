@@ -30,6 +30,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "MODEL_FILE",
     "QUANTILE_LEVELS",
+    "DriftBaseline",
     "FeatureSpec",
     "Manifest",
     "ManifestError",
@@ -95,6 +96,17 @@ class OnnxInfo(_Strict):
         return outputs
 
 
+class DriftBaseline(_Strict):
+    """How far the reference period drifts from itself (``momentum.drift.window_psi_baseline``):
+    the `level` quantile of the PSI of its trailing `window`-session windows, per feature
+    (training and validation rows) and of the signal (validation rows). None: too few rows."""
+
+    window: int = Field(ge=2, description="sessions per window, the live monitor's window")
+    level: float = Field(gt=0, lt=1)
+    features: dict[str, float | None]
+    signal: float | None
+
+
 class TrainingWindow(_Strict):
     """Dates the model learnt from (train), early-stopped on (valid) and was tested on (test)."""
 
@@ -129,6 +141,9 @@ class Manifest(_Strict):
     quantile_levels: list[float]
     reference_quantiles: dict[str, list[float]]
     signal_quantiles: list[float]
+    drift_baseline: DriftBaseline | None = Field(
+        default=None, description="absent in manifests exported before it existed"
+    )
     onnx: OnnxInfo
     libraries: dict[str, str]
     parity_max_abs_diff: dict[str, float] = Field(
@@ -148,6 +163,12 @@ class Manifest(_Strict):
             raise ValueError(
                 f"`reference_quantiles` must have one entry per feature {self.features.names}, "
                 f"got {sorted(self.reference_quantiles)}"
+            )
+        baseline = self.drift_baseline
+        if baseline is not None and set(baseline.features) != set(self.features.names):
+            raise ValueError(
+                f"`drift_baseline.features` must have one entry per feature "
+                f"{self.features.names}, got {sorted(baseline.features)}"
             )
         levels = len(self.quantile_levels)
         for key, values in [*self.reference_quantiles.items(), ("signal", self.signal_quantiles)]:

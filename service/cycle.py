@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from momentum.contract import contract_inputs, predict_rows, tradable
+from momentum.contract import contract_inputs, predict_rows, served_positions, tradable
 from momentum.features import Features
 from momentum.portfolio import (
     VOL_TARGET,
@@ -136,8 +136,7 @@ def _positions_frame(
     options: CycleOptions,
 ) -> pd.DataFrame:
     """Signals of the model at `row` -> the stored positions set (signal, vol, weight, stale)."""
-    # float32 tanh can round to 1 + 1.2e-7; X must lie in [-1, 1] (eq. 1)
-    signal = np.clip(np.asarray(signal, dtype=np.float64), -1.0, 1.0)
+    signal = served_positions(signal)
     signal = np.where(tradable(features)[row], signal, np.nan)
     vol = features.vol[row]
     weights = target_weights(signal[None], vol[None], options.vol_target)[0]

@@ -46,12 +46,13 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 
+from momentum.drift import DRIFT_WINDOW, feature_psi, signal_psi
+from momentum.manifest import Manifest
 from momentum.portfolio import turnover
 from service.calendar import as_date
 from service.cycle import CycleResult
-from service.drift import feature_psi, signal_psi
 from service.model import LoadedModel
-from service.paper import DEFAULT_WINDOW, LedgerSummary
+from service.paper import LedgerSummary
 from service.queries import CycleContext, ServiceHistory
 
 __all__ = [
@@ -64,8 +65,6 @@ __all__ = [
     "portfolio_figures",
 ]
 
-DRIFT_WINDOW = DEFAULT_WINDOW
-"""Sessions in the trailing PSI window (63, about three months, as the rolling Sharpe)."""
 
 # A cycle reads the stored history, computes features and writes one transaction: tenths of
 # a second for 20 assets, minutes for thousands on a slow database.
@@ -274,6 +273,22 @@ class ServiceMetrics:
             registry=r,
         )
         self.signal_psi.set(math.nan)
+        self.feature_psi_baseline = Gauge(
+            "momentum_feature_psi_baseline",
+            "The served model's drift baseline of a feature: the 95th percentile of the PSI of "
+            "trailing windows of its own reference rows (NaN: none in the manifest, or a "
+            "window other than this service's). The drift alert needs PSI above it too.",
+            ["feature"],
+            registry=r,
+        )
+        self.signal_psi_baseline = Gauge(
+            "momentum_signal_psi_baseline",
+            "The served model's drift baseline of the signal: the 95th percentile of the PSI "
+            "of trailing windows of its validation positions (NaN: none).",
+            registry=r,
+        )
+        self.signal_psi_baseline.set(math.nan)
+        self._baseline_features: set[str] = set()
 
         # paper trading
         self.paper_pnl = Gauge(
@@ -513,6 +528,23 @@ class ServiceMetrics:
             ):
                 value = metrics.get(key)
                 gauge.set(math.nan if value is None else value)
+            self._observe_baseline(None if model is None else model.manifest)
+
+    def _observe_baseline(self, manifest: Manifest | None) -> None:
+        """The drift baselines of the served manifest, if taken over this service's window."""
+        baseline = None if manifest is None else manifest.drift_baseline
+        if baseline is not None and baseline.window != self.drift_window:
+            baseline = None  # another window's baseline says nothing about this one
+        features = {} if baseline is None else baseline.features
+        for feature in self._baseline_features - set(features):
+            self.feature_psi_baseline.remove(feature)
+        for feature, value in features.items():
+            self.feature_psi_baseline.labels(feature=feature).set(
+                math.nan if value is None else value
+            )
+        self._baseline_features = set(features)
+        signal = None if baseline is None else baseline.signal
+        self.signal_psi_baseline.set(math.nan if signal is None else signal)
 
     def observe_history(self, history: ServiceHistory) -> None:
         """At start: the last successful cycle and the stale count the store holds

@@ -16,7 +16,7 @@ import importlib.metadata
 import json
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,11 @@ from torch import nn
 
 from momentum.contract import INPUT_NAME, OUTPUT_NAME, predict_rows
 from momentum.data import load_prices
+from momentum.drift import BASELINE_LEVEL, DRIFT_WINDOW, level_shares, window_psi_baseline
 from momentum.features import FeatureConfig, Features, compute_features
 from momentum.manifest import (
     QUANTILE_LEVELS,
+    DriftBaseline,
     Manifest,
     OnnxInfo,
     TrainingWindow,
@@ -82,19 +84,51 @@ def window_directory(run: Path, seed: int, window: str) -> Path:
 SIGNAL_QUANTILE_VALUES = 262_144
 
 
-def _signal_quantiles(
+def _validation_signals(
     graph: ExportedGraph, features: Features, rows: np.ndarray, lookback: int
-) -> list[float]:
-    """Deciles of the exported model's positions on `rows` (tradable entries only)."""
+) -> np.ndarray:
+    """The exported model's positions on `rows` as served, ``(rows, N)``, NaN if not tradable.
+
+    A wide universe keeps evenly spaced rows only (at most SIGNAL_QUANTILE_VALUES values).
+    """
     most = max(1, SIGNAL_QUANTILE_VALUES // len(features.tickers))
     if len(rows) > most:
         rows = rows[np.linspace(0, len(rows) - 1, most).round().astype(np.int64)]
     session = onnx_session(graph.path)
-    values = predict_rows(
+    return predict_rows(
         lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], features, rows, lookback
     )
-    values = values[np.isfinite(values)]
-    return [float(q) for q in np.quantile(values, QUANTILE_LEVELS)]
+
+
+def _quantiles(values: np.ndarray) -> list[float]:
+    finite = values[np.isfinite(values)]
+    return [float(q) for q in np.quantile(finite, QUANTILE_LEVELS)]
+
+
+def _drift_baseline(
+    reference: dict[str, list[float]],
+    feature_values: np.ndarray,
+    names: Sequence[str],
+    signal_edges: list[float],
+    signals: np.ndarray,
+) -> DriftBaseline:
+    """How far the reference rows drift from themselves over the live monitor's window.
+
+    Features: their training and validation rows against their deciles; the signal: the
+    validation positions against theirs (on a wide universe those rows are evenly spaced,
+    less persistent than consecutive ones, so its baseline errs low: alerts err on firing).
+    """
+    shares = level_shares(QUANTILE_LEVELS)
+    per_feature = {
+        name: window_psi_baseline(reference[name], feature_values[..., i], DRIFT_WINDOW, shares)
+        for i, name in enumerate(names)
+    }
+    return DriftBaseline(
+        window=DRIFT_WINDOW,
+        level=BASELINE_LEVEL,
+        features=per_feature,
+        signal=window_psi_baseline(signal_edges, signals, DRIFT_WINDOW, shares),
+    )
 
 
 def _libraries() -> dict[str, str]:
@@ -148,6 +182,10 @@ def _publish(
             f"parity torch vs onnxruntime, max abs difference by batch: {graph.parity_max_abs_diff}"
         )
         dates = features.dates
+        reference_rows = features.values[train_rows[0] : valid_rows[-1] + 1]
+        reference = reference_quantiles(reference_rows, features.names)
+        signals = _validation_signals(graph, features, valid_rows, lookback)
+        signal_edges = _quantiles(signals)
         created = datetime.now(UTC)
         manifest = Manifest(
             name=name,
@@ -174,10 +212,11 @@ def _publish(
             seeds=seeds,
             metrics={k: _finite_or_none(v) for k, v in metrics.items()},
             quantile_levels=list(QUANTILE_LEVELS),
-            reference_quantiles=reference_quantiles(
-                features.values[train_rows[0] : valid_rows[-1] + 1], features.names
+            reference_quantiles=reference,
+            signal_quantiles=signal_edges,
+            drift_baseline=_drift_baseline(
+                reference, reference_rows, features.names, signal_edges, signals
             ),
-            signal_quantiles=_signal_quantiles(graph, features, valid_rows, lookback),
             onnx=OnnxInfo(
                 sha256=graph.sha256,
                 size_bytes=graph.size_bytes,

@@ -451,8 +451,11 @@ def test_every_alert_rule_is_complete():
 
 def test_drift_alerts_use_the_psi_alert_level():
     exprs = {rule["alert"]: rule["expr"] for rule in _rules()}
-    assert re.fullmatch(r"momentum_feature_psi\s*>\s*0\.2", exprs["MomentumFeatureDrift"])
-    assert re.fullmatch(r"momentum_signal_psi\s*>\s*0\.2", exprs["MomentumSignalDrift"])
+    for alert, name in [("MomentumFeatureDrift", "feature"), ("MomentumSignalDrift", "signal")]:
+        psi = f"momentum_{name}_psi"
+        assert re.fullmatch(
+            rf"{psi}\s*>\s*0\.2\s+unless\s+{psi}\s*<=\s*{psi}_baseline", exprs[alert]
+        ), exprs[alert]
 
 
 def test_metric_names_are_read_as_metrics():
@@ -577,6 +580,7 @@ def test_drift_panels_mark_the_warn_and_alert_levels():
     assert {t["expr"].split("{")[0] for p in lines for t in p["targets"]} == {
         "momentum_feature_psi",
         "momentum_signal_psi",
+        "momentum_signal_psi_baseline",  # drawn with the levels: the alert needs all three
     }
 
 
@@ -926,17 +930,40 @@ def _alert_cases() -> list[dict[str, Any]]:
                 _fires("MomentumAssetsStale", "25m", "warning"),
             ],
         },
-        # PSI 0.15 is above the warn level only: no alert; 0.25 alerts after an hour
+        # PSI 0.15 is above the warn level only: no alert; 0.25 alerts after an hour (no
+        # baseline: a manifest without one, NaN)
         {
             "interval": "1m",
             "input_series": [
                 _series("momentum_feature_psi", "0.25x100", feature="macd_8_24"),
                 _series("momentum_feature_psi", "0.15x100", feature="norm_ret_1d"),
+                _series(
+                    "momentum_feature_psi_baseline", " ".join(["NaN"] * 101), feature="macd_8_24"
+                ),
                 _series("momentum_signal_psi", "0.05x30 0.3x100"),
+                _series("momentum_signal_psi_baseline", " ".join(["NaN"] * 131)),
             ],
             "alert_rule_test": [
                 _quiet("MomentumFeatureDrift", "30m"),
                 _fires("MomentumFeatureDrift", "70m", "warning", feature="macd_8_24"),
+                _quiet("MomentumSignalDrift", "60m"),
+                _fires("MomentumSignalDrift", "95m", "warning"),
+            ],
+        },
+        # above 0.2 but within the baseline (what the reference period's own windows score):
+        # quiet; beyond the baseline: fires
+        {
+            "interval": "1m",
+            "input_series": [
+                _series("momentum_feature_psi", "0.75x100", feature="macd_16_48"),
+                _series("momentum_feature_psi_baseline", "2.16x100", feature="macd_16_48"),
+                _series("momentum_feature_psi", "0.9x100", feature="norm_ret_21d"),
+                _series("momentum_feature_psi_baseline", "0.36x100", feature="norm_ret_21d"),
+                _series("momentum_signal_psi", "0.5x30 1.5x100"),
+                _series("momentum_signal_psi_baseline", "0.8x130"),
+            ],
+            "alert_rule_test": [
+                _fires("MomentumFeatureDrift", "70m", "warning", feature="norm_ret_21d"),
                 _quiet("MomentumSignalDrift", "60m"),
                 _fires("MomentumSignalDrift", "95m", "warning"),
             ],

@@ -116,11 +116,32 @@ def test_universe_mismatch_names_missing_and_extra(model_file):
         ({"signal_quantiles": [1.0] + [0.0] * 10}, "non-decreasing"),
         ({"reference_quantiles": {"norm_ret_1d": [0.0] * 11}}, "one entry per feature"),
         ({"version": "../escape"}, "version"),
+        (
+            {"drift_baseline": {"window": 63, "level": 0.95, "features": {}, "signal": None}},
+            "drift_baseline.features",
+        ),
+        (
+            {"drift_baseline": {"window": 1, "level": 0.95, "features": {}, "signal": None}},
+            "window",
+        ),
     ],
 )
 def test_inconsistent_manifests_are_refused(model_file, override, message):
     with pytest.raises(ValueError, match=message):
         make_manifest(model_file, **override)
+
+
+def test_a_drift_baseline_round_trips_and_an_older_manifest_has_none(model_file, tmp_path):
+    names = FeatureConfig().names
+    baseline = {"window": 63, "level": 0.95, "features": dict.fromkeys(names, 0.3), "signal": 0.5}
+    manifest = make_manifest(model_file, drift_baseline=baseline)
+    path = tmp_path / "manifest.json"
+    path.write_text(manifest.to_json())
+    assert read_manifest(path).drift_baseline == manifest.drift_baseline
+    older = json.loads(manifest.to_json())
+    del older["drift_baseline"]  # exported before baselines existed: still served
+    path.write_text(json.dumps(older))
+    assert read_manifest(path).drift_baseline is None
 
 
 def test_reference_quantiles_ignore_nan_and_match_numpy():

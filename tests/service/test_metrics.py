@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from momentum.data import load_prices
-from momentum.manifest import reference_quantiles
+from momentum.drift import PSI_ALERT, PSI_WARN
+from momentum.manifest import DriftBaseline, reference_quantiles
 from momentum.portfolio import turnover
 from service import store
 from service.cycle import CycleResult, run_cycle
-from service.drift import PSI_ALERT, PSI_WARN
 from service.ingest import ingest_closes, panel_rows
 from service.metrics import ServiceMetrics, portfolio_figures
 from service.model import load_model
@@ -384,6 +384,39 @@ def test_model_info_keeps_one_series_and_drops_the_old_one(model):
     samples = _rendered(metrics)
     assert "momentum_model_info" not in samples
     assert _value(samples, "momentum_model_loaded") == 0
+
+
+def test_the_served_manifests_drift_baseline_is_exported_for_this_window_only(model):
+    names = model.manifest.features.names
+    baseline = DriftBaseline(
+        window=63,
+        level=0.95,
+        features={n: (None if i == 0 else 0.1 * i) for i, n in enumerate(names)},
+        signal=0.8,
+    )
+    with_baseline = dataclasses.replace(
+        model, manifest=model.manifest.model_copy(update={"drift_baseline": baseline})
+    )
+    metrics = ServiceMetrics()
+    metrics.observe_model(with_baseline)
+    samples = _rendered(metrics)
+    assert _value(samples, "momentum_signal_psi_baseline") == 0.8
+    assert _value(samples, "momentum_feature_psi_baseline", feature=names[2]) == pytest.approx(0.2)
+    assert math.isnan(_value(samples, "momentum_feature_psi_baseline", feature=names[0]))
+    # another window's baseline says nothing about this service's 21-session window
+    short = ServiceMetrics(drift_window=21)
+    short.observe_model(with_baseline)
+    samples = _rendered(short)
+    assert math.isnan(_value(samples, "momentum_signal_psi_baseline"))
+    assert "momentum_feature_psi_baseline" not in samples
+    # a model without one (exported before baselines existed) drops the series
+    without = dataclasses.replace(
+        model, manifest=model.manifest.model_copy(update={"drift_baseline": None})
+    )
+    metrics.observe_model(without)
+    samples = _rendered(metrics)
+    assert "momentum_feature_psi_baseline" not in samples
+    assert math.isnan(_value(samples, "momentum_signal_psi_baseline"))
 
 
 def test_a_restarted_service_exports_the_stored_history(history, model):

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from momentum.contract import contract_inputs, tradable
+from momentum.contract import contract_inputs, predict_rows, tradable
 from momentum.data import synthetic_prices
+from momentum.drift import level_shares, window_psi_baseline
 from momentum.features import compute_features
 from momentum.registry import list_versions, load_version, production_version
 from training.cli import main
@@ -200,6 +201,32 @@ def test_exported_window_reproduces_the_runs_out_of_sample_positions(
     served = np.where(tradable(features)[rows], served, np.nan)
     assert np.isfinite(served).sum() > 100
     np.testing.assert_allclose(served, wide.to_numpy(), rtol=0, atol=1e-5)
+
+    # the drift reference: deciles of the positions as served, and the baselines recomputed
+    span = manifest.training_window
+    dates = features.dates.date
+    reference_rows = features.values[(dates >= span.train_start) & (dates <= span.valid_end)]
+    valid_rows = np.flatnonzero((dates >= span.valid_start) & (dates <= span.valid_end))
+    signals = predict_rows(
+        lambda x: session.run(["positions"], {"features": x})[0],
+        features,
+        valid_rows,
+        manifest.lookback,
+    )
+    shares = level_shares(manifest.quantile_levels)
+    assert manifest.signal_quantiles[0] >= -1.0 and manifest.signal_quantiles[-1] <= 1.0
+    np.testing.assert_allclose(
+        manifest.signal_quantiles, np.nanquantile(signals, manifest.quantile_levels), atol=1e-6
+    )
+    baseline = manifest.drift_baseline
+    assert baseline is not None and (baseline.window, baseline.level) == (63, 0.95)
+    assert list(baseline.features) == manifest.features.names
+    for i, name in enumerate(manifest.features.names):
+        edges = manifest.reference_quantiles[name]
+        expected = window_psi_baseline(edges, reference_rows[..., i], 63, shares)
+        assert baseline.features[name] == pytest.approx(expected, rel=1e-9), name
+    expected = window_psi_baseline(manifest.signal_quantiles, signals, 63, shares)
+    assert baseline.signal == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
     # promote, then list
     capsys.readouterr()

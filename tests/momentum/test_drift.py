@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from momentum.manifest import QUANTILE_LEVELS
-from service.drift import (
+from momentum.drift import (
     PSI_ALERT,
     PSI_EPSILON,
     PSI_WARN,
@@ -17,7 +16,9 @@ from service.drift import (
     level_shares,
     psi,
     signal_psi,
+    window_psi_baseline,
 )
+from momentum.manifest import QUANTILE_LEVELS
 from tests.momentum.manifests import make_manifest
 
 EPS = PSI_EPSILON
@@ -178,3 +179,46 @@ def test_signal_psi_against_the_manifests_signal_deciles(manifest):
         9 * _term(EPS, 0.1) + _term(1.0, 0.1), rel=1e-12
     )
     assert math.isnan(signal_psi(manifest, np.full((2, 3), np.nan)))
+
+
+# --------------------------------------------------------------------------------------------
+# the baseline: how far the reference period drifts from itself
+# --------------------------------------------------------------------------------------------
+
+
+def _deciles(values) -> list[float]:
+    return np.nanquantile(values, np.linspace(0, 1, 11)).tolist()
+
+
+def test_a_baseline_is_a_quantile_of_the_window_psis_of_the_reference_rows():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((300, 5))
+    edges = _deciles(values)
+    scores = [psi(edges, values[s : s + 63]) for s in range(0, 300 - 63 + 1)]
+    # every window scored (238 <= max_windows): exactly numpy's quantile of them
+    got = window_psi_baseline(edges, values, 63, level=0.9, max_windows=1000)
+    assert got == pytest.approx(np.quantile(scores, 0.9), rel=1e-12)
+    # at most max_windows windows, evenly spaced, the first and the last included
+    starts = np.unique(np.linspace(0, 300 - 63, 10).round().astype(int))
+    few = [psi(edges, values[s : s + 63]) for s in starts]
+    assert window_psi_baseline(edges, values, 63, max_windows=10) == pytest.approx(
+        np.quantile(few, 0.95), rel=1e-12
+    )
+
+
+def test_persistence_raises_the_baseline_far_above_the_alert_level():
+    rng = np.random.default_rng(4)
+    noise = rng.standard_normal((1500, 20))
+    trend = np.cumsum(rng.standard_normal(1500))[:, None] / 10 + 0.2 * noise
+    assert window_psi_baseline(_deciles(noise), noise, 63) < PSI_WARN
+    assert window_psi_baseline(_deciles(trend), trend, 63) > 5 * PSI_ALERT
+
+
+def test_a_baseline_needs_a_full_window_of_finite_values():
+    edges = [0.0, 1.0, 2.0]
+    assert window_psi_baseline(edges, np.ones((10, 3)), 63) is None
+    assert window_psi_baseline(edges, np.full((80, 3), np.nan), 63) is None
+    with pytest.raises(ValueError, match="window"):
+        window_psi_baseline(edges, np.ones((80, 3)), 1)
+    with pytest.raises(ValueError, match="level"):
+        window_psi_baseline(edges, np.ones((80, 3)), 63, level=1.0)
