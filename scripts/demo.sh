@@ -67,12 +67,30 @@ import urllib.request
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
 shown = ("momentum_model_loaded ", "momentum_paper_pnl_ratio ", "momentum_paper_equity_ratio ",
          "momentum_paper_rolling_sharpe ", "momentum_newest_close_timestamp_seconds")
+values = {}
 for line in text.splitlines():
     if line.startswith(shown):
         print(f"  {line}")
         if line.startswith("momentum_paper_rolling_sharpe ") and line.endswith("NaN"):
             print("    (NaN: the rolling Sharpe needs 63 marked sessions; DEMO_QUICK replays")
             print("     one month. `make demo` without DEMO_QUICK replays enough.)")
+    if line.startswith(("momentum_feature_psi", "momentum_signal_psi")):
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+
+# the drift alerts' condition (deploy/prometheus/alerts.yml): PSI above 0.2 and above the
+# model's baseline (what 95% of its reference period's own windows scored)
+def drifting(psi, baseline):
+    return psi > 0.2 and not psi <= baseline  # a NaN baseline leaves the 0.2 level alone
+
+print("drift (PSI over the last 63 sessions / the model's baseline; alert: above 0.2 and both):")
+for name, psi in sorted(values.items()):
+    if "_baseline" in name:
+        continue
+    baseline = values.get(name.replace("_psi", "_psi_baseline", 1), float("nan"))
+    label = name.split('"')[1] if '"' in name else "signal"
+    flag = "ALERT" if drifting(psi, baseline) else "ok"
+    print(f"  {label:<14} {psi:6.3f} / {baseline:6.3f}  {flag}")
 PY
 
 kill -TERM "$SERVER"

@@ -25,11 +25,12 @@ from service.config import Settings
 from service.cycle import CycleOptions, CycleResult, check_feature_parity, run_cycle, run_cycles
 from service.errors import FailedPrecondition
 from service.ingest import IngestResult, ingest_closes, ingest_file
+from service.live_features import live_features
 from service.metrics import DRIFT_WINDOW, ServiceMetrics
 from service.model import LoadedModel, ModelHolder
 from service.paper import ledger_summary, update_ledger
 from service.plausibility import PlausibilityRules
-from service.queries import cycle_context, service_history
+from service.queries import cycle_context, recent_signals, service_history
 
 __all__ = ["SignalService", "StoredCycle"]
 
@@ -337,8 +338,26 @@ class SignalService:
         self._observe_closes()
         model = self.holder.current
         name = model.name if model is not None else self.settings.model_name
-        self._observe(lambda m: m.observe_history(service_history(self.engine, name)))
+        history = service_history(self.engine, name)
+        self._observe(lambda m: m.observe_history(history))
         self._observe(lambda m: m.observe_ledger(ledger_summary(self.engine, name)))
+        if model is not None and history.last_as_of is not None:
+            self._observe(lambda m: self._observe_drift(m, model, history.last_as_of))
+
+    def _observe_drift(self, metrics: ServiceMetrics, model: LoadedModel, as_of: Any) -> None:
+        """The drift gauges as of the newest stored session (read only: nothing is stored)."""
+        window = metrics.drift_window
+        features = live_features(
+            self.engine,
+            model,
+            pd.Timestamp(as_of),
+            stale_policy=self.options.stale_policy,
+            max_carry_sessions=self.options.max_carry_sessions,
+            portfolio_vol_target=self.options.portfolio_vol_target,
+            drift_rows=window,
+        ).recent
+        signals = recent_signals(self.engine, model.name, model.version, as_of, window)
+        metrics.observe_drift(model.manifest, features.values, signals)
 
     def _observe_ingest(self, result: IngestResult) -> None:
         rejected = sum(1 for r in result.rejections if r.row != -1) or len(result.rejections)

@@ -473,33 +473,44 @@ class ServiceMetrics:
             self.feature_state_rebuilds.inc()
         positions = result.positions
         figures = portfolio_figures(positions["weight"], context.previous_weights)
-        feature_drift = (
-            None
-            if result.features is None
-            else feature_psi(model.manifest, result.features.values[-self.drift_window :])
+        self.observe_drift(
+            model.manifest,
+            None if result.features is None else result.features.values,
+            context.recent_signals,
         )
-        signals = context.recent_signals
-        signal_drift = signal_psi(model.manifest, signals) if len(signals) else math.nan
-
         self.assets_stale.set(result.n_stale)
         self.turnover.set(figures.turnover)
         self.gross_exposure.set(figures.gross_exposure)
         self.net_exposure.set(figures.net_exposure)
         self.positions.labels(side="long").set(figures.n_long)
         self.positions.labels(side="short").set(figures.n_short)
-        if feature_drift is not None:
-            for feature, value in feature_drift.items():
-                self.feature_psi.labels(feature=feature).set(value)
-            for feature in self._features - set(feature_drift):
-                self.feature_psi.remove(feature)  # a new model without that feature
-            self._features = set(feature_drift)
-        self.signal_psi.set(signal_drift)
         if self.ticker_weight is not None and self.ticker_signal is not None:
             for ticker, row in positions.iterrows():
                 self.ticker_weight.labels(ticker=str(ticker)).set(float(row["weight"]))
                 self.ticker_signal.labels(ticker=str(ticker)).set(float(row["signal"]))
         self.last_as_of.set(_date_seconds(result.as_of))
         self.last_success.set(time.time())
+
+    def observe_drift(self, manifest: Manifest, features: Any | None, signals: np.ndarray) -> None:
+        """The feature PSI of the last ``drift_window`` rows of `features` (``(rows, N, d)``;
+        None leaves them) and the signal PSI of `signals` (this version's stored signals on
+        its last ``drift_window`` dates; empty: NaN), against `manifest`'s reference.
+
+        A cycle calls it, and so does a starting service with the newest stored session, so
+        a restart does not blank the drift gauges until the next cycle.
+        """
+        feature_drift = (
+            None if features is None else feature_psi(manifest, features[-self.drift_window :])
+        )
+        signal_drift = signal_psi(manifest, signals) if len(signals) else math.nan
+        with self._lock:
+            if feature_drift is not None:
+                for feature, value in feature_drift.items():
+                    self.feature_psi.labels(feature=feature).set(value)
+                for feature in self._features - set(feature_drift):
+                    self.feature_psi.remove(feature)  # a new model without that feature
+                self._features = set(feature_drift)
+            self.signal_psi.set(signal_drift)
 
     def observe_model(self, model: LoadedModel | None) -> None:
         """Export the model being served (``None``: no model loaded).

@@ -70,6 +70,7 @@ __all__ = [
     "describe_model",
     "list_model_versions",
     "previous_positions",
+    "recent_signals",
     "refusals",
     "refuse_future",
     "run_session",
@@ -525,15 +526,22 @@ def cycle_context(
         stale = None if served is None else int(served["stale"].sum())
         return CycleContext(stale, None, np.empty(0, dtype=np.float64))
     previous = previous_positions(bind, name, result.as_of)
-    # one version only: its manifest's signal deciles describe this version's outputs
-    dates = store.positions_dates(bind, name, result.model_version)
-    dates = dates[dates <= result.as_of][-window:]
-    signals = np.empty(0, dtype=np.float64)
-    if len(dates):
-        signals = store.positions_signals(
-            bind, name, result.model_version, start=dates[0], end=result.as_of
-        )
+    signals = recent_signals(bind, name, result.model_version, result.as_of, window)
     return CycleContext(result.n_stale, None if previous is None else previous["weight"], signals)
+
+
+def recent_signals(
+    bind: sa.Engine | sa.Connection, name: str, version: str, as_of: Any, window: int
+) -> np.ndarray:
+    """The stored signals of one version on its last `window` as-of dates up to `as_of`.
+
+    One version only: its manifest's signal deciles describe this version's outputs.
+    """
+    dates = store.positions_dates(bind, name, version)
+    dates = dates[dates <= pd.Timestamp(as_of)][-window:]
+    if not len(dates):
+        return np.empty(0, dtype=np.float64)
+    return store.positions_signals(bind, name, version, start=dates[0], end=as_of)
 
 
 @dataclass(frozen=True)

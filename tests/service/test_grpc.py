@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -49,6 +48,7 @@ from service.grpc_server import SERVICE_NAME, GrpcServer, InsecureBind
 from service.ingest import panel_rows
 from service.metrics import ServiceMetrics
 from service.model import ModelRefused
+from tests.service.polling import until
 
 PRICES = load_prices("sp500")
 TICKERS = list(PRICES.columns)
@@ -463,16 +463,6 @@ def test_bearer_token_is_required_everywhere_but_health(connect):
 # --------------------------------------------------------------------------------------------
 
 
-def _until(condition, timeout: float = WAIT) -> bool:
-    """Poll `condition` until true (what a server thread does is not seen at once)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_stream_sends_the_snapshot_then_each_cycle_and_closes_on_cancel(connect, served_run):
     client = connect()
     service = client.service
@@ -497,7 +487,7 @@ def test_stream_sends_the_snapshot_then_each_cycle_and_closes_on_cancel(connect,
         [a.previous_weight for a in update.assets], [a.target_weight for a in snapshot.assets]
     )
     stream.cancel()
-    assert _until(lambda: client.server.open_streams == 0)
+    assert until(lambda: client.server.open_streams == 0)
 
 
 def test_health_follows_the_model_and_shutdown_ends_streams(connect, sqlite_engine, served_run):

@@ -17,6 +17,8 @@ from momentum.drift import PSI_ALERT, PSI_WARN
 from momentum.manifest import DriftBaseline, reference_quantiles
 from momentum.portfolio import turnover
 from service import store
+from service.app import SignalService
+from service.config import load_settings
 from service.cycle import CycleResult, run_cycle
 from service.ingest import ingest_closes, panel_rows
 from service.metrics import ServiceMetrics, portfolio_figures
@@ -417,6 +419,37 @@ def test_the_served_manifests_drift_baseline_is_exported_for_this_window_only(mo
     samples = _rendered(metrics)
     assert "momentum_feature_psi_baseline" not in samples
     assert math.isnan(_value(samples, "momentum_signal_psi_baseline"))
+
+
+def test_a_restarted_service_primes_the_drift_gauges_of_the_newest_session(
+    history, served_run, clean_env
+):
+    settings = load_settings(
+        registry_dir=served_run["registry"],
+        model_name=served_run["name"],
+        device="cpu",
+        data_dir=clean_env / "var",
+        _env_file=None,
+    )
+    running = SignalService(settings, engine=history, metrics=ServiceMetrics())
+    for day in ("2021-03-26", "2021-03-29", D3):
+        assert running.run_session(day).status == "succeeded"
+    after_cycle = _rendered(running.metrics)
+    assert math.isfinite(_value(after_cycle, "momentum_signal_psi"))
+
+    restarted = SignalService(settings, engine=history, metrics=ServiceMetrics())
+    assert restarted.refresh_model().model is not None
+    fresh = _rendered(restarted.metrics)
+    assert math.isnan(_value(fresh, "momentum_signal_psi"))
+    assert "momentum_feature_psi" not in fresh
+    restarted.prime_metrics()
+    primed = _rendered(restarted.metrics)
+    # the same figures as the cycle of that session left: nothing to wait for
+    assert primed["momentum_feature_psi"] == pytest.approx(after_cycle["momentum_feature_psi"])
+    assert _value(primed, "momentum_signal_psi") == pytest.approx(
+        _value(after_cycle, "momentum_signal_psi")
+    )
+    assert store.read_cycle_runs(history)["id"].size == 3  # priming stored nothing
 
 
 def test_a_restarted_service_exports_the_stored_history(history, model):

@@ -9,7 +9,6 @@ enforced at open with RESOURCE_EXHAUSTED, a slow consumer is dropped with its re
 from __future__ import annotations
 
 import re
-import time
 
 import grpc
 import numpy as np
@@ -24,6 +23,7 @@ from service._proto import signals_pb2_grpc as pb_grpc
 from service.app import StoredCycle
 from service.metrics import ServiceMetrics
 from service.streams import StreamHub, StreamLimits, Subscription, client_of
+from tests.service.polling import until
 
 TICKERS = list(load_prices("sp500").columns)
 DAYS = load_prices("sp500").index[-80:]
@@ -64,15 +64,6 @@ def _value(metrics: ServiceMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def _until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_500_idle_subscribers_leave_every_other_call_answering(connect, served_run):
     metrics = ServiceMetrics()
     client = connect(metrics=metrics, grpc_max_streams_per_client=500)
@@ -84,7 +75,7 @@ def test_500_idle_subscribers_leave_every_other_call_answering(connect, served_r
         for i in range(500):
             stub = pb_grpc.SignalServiceStub(channels[i % len(channels)])
             streams.append(stub.StreamPositions(pb.StreamPositionsRequest()))
-        assert _until(lambda: client.server.open_streams == 500)
+        assert until(lambda: client.server.open_streams == 500)
         assert _value(metrics, "momentum_grpc_streams") == 500
 
         # each call answers within its deadline, several times over
@@ -117,7 +108,7 @@ def test_500_idle_subscribers_leave_every_other_call_answering(connect, served_r
             stream.cancel()
         for channel in channels:
             channel.close()
-    assert _until(lambda: client.server.open_streams == 0)
+    assert until(lambda: client.server.open_streams == 0)
     assert _value(metrics, "momentum_grpc_streams") == 0
 
 
@@ -147,7 +138,7 @@ def test_a_stream_over_a_limit_is_refused_and_a_closed_one_frees_its_place(
     assert re.search(rf"\bMOMENTUM_GRPC_MAX_{variable}\b", refused.value.details())
     assert _value(metrics, "momentum_grpc_streams_dropped_total", reason=refused_by) == 1
     open_.pop().cancel()
-    assert _until(lambda: client.server.open_streams == 2)
+    assert until(lambda: client.server.open_streams == 2)
     again = client.stub.StreamPositions(pb.StreamPositionsRequest(), timeout=DEADLINE)
     assert next(again).as_of == f"{DAYS[0]:%Y-%m-%d}"
     for stream in [*open_, again]:
@@ -167,7 +158,7 @@ def test_a_slow_consumer_is_dropped_with_its_status_and_the_others_keep_up(conne
     slow = pb_grpc.SignalServiceStub(slow_channel).StreamPositions(pb.StreamPositionsRequest())
     fast = client.stub.StreamPositions(pb.StreamPositionsRequest(), timeout=60)
     assert next(fast).as_of == f"{DAYS[0]:%Y-%m-%d}"
-    assert _until(lambda: client.server.open_streams == 2)
+    assert until(lambda: client.server.open_streams == 2)
 
     received = []
     for number in range(1, 40):
@@ -180,7 +171,7 @@ def test_a_slow_consumer_is_dropped_with_its_status_and_the_others_keep_up(conne
         latest = client.stub.GetPositions(pb.GetPositionsRequest(), timeout=DEADLINE)
         assert latest.run_id == cycle.run_id
     assert received == sorted(received)
-    assert _until(lambda: client.server.open_streams == 1)  # the slow one was dropped
+    assert until(lambda: client.server.open_streams == 1)  # the slow one was dropped
     assert _value(metrics, "momentum_grpc_streams_dropped_total", reason="backlog") == 1
     assert _value(metrics, "momentum_grpc_streams") == 1
 
