@@ -255,6 +255,19 @@ class Features:
             config=self.config,
         )
 
+    def slice_assets(self, start: int, stop: int) -> Features:
+        """Assets ``start:stop`` (positional), sharing memory with this object."""
+        return Features(
+            values=self.values[:, start:stop],
+            names=self.names,
+            dates=self.dates,
+            tickers=self.tickers[start:stop],
+            returns=self.returns[:, start:stop],
+            vol=self.vol[:, start:stop],
+            target=self.target[:, start:stop],
+            config=self.config,
+        )
+
 
 def concat_rows(first: Features, second: Features) -> Features:
     """The rows of `first` followed by those of `second` (same assets, features, config).

@@ -49,9 +49,8 @@ from service.live_features import (
     LiveFeatures,
     SkipSession,
     batch_features,
-    full_features,
+    feature_parity,
     live_features,
-    parity_max_abs,
     store_settled,
 )
 from service.model import LoadedModel
@@ -324,8 +323,7 @@ def check_feature_parity(engine: sa.Engine, model: LoadedModel, result: CycleRes
     if result.features is None:
         return
     try:
-        full = full_features(engine, model, result.as_of)
-        result.parity_max_abs = parity_max_abs(result.features, full)
+        result.parity_max_abs = feature_parity(engine, model, result.features)
     except Exception:
         log.exception("feature parity check failed for %s", f"{result.as_of:%Y-%m-%d}")
 

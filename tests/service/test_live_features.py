@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,6 +153,22 @@ def test_a_state_of_another_features_version_is_rebuilt(engine, model, monkeypat
     monkeypatch.setattr("momentum.feature_state.FEATURES_VERSION", "0.0-other")
     result = run_cycle(engine, model, DAYS[-1])
     assert result.status == "succeeded" and result.cold_start
+
+
+def test_the_parity_recompute_by_chunks_of_assets_is_the_one_call_recompute(engine, model):
+    _ingest(engine, PRICES.loc["2019-06-03":"2021-03-31"])
+    result = run_cycle(engine, model, DAYS[-1])
+    recent = result.features
+    n = len(TICKERS)
+    for assets in (1, 3, 7, n):
+        assert live_module.feature_parity(engine, model, recent, assets=assets) == 0.0
+    # a difference in any chunk (the last asset here) is found, whatever the chunk size
+    values = recent.values.copy()
+    values[-1, n - 1, 0] += 4e-9
+    tampered = dataclasses.replace(recent, values=values)
+    for assets in (1, 3, 7, n):
+        found = live_module.feature_parity(engine, model, tampered, assets=assets)
+        assert found == pytest.approx(4e-9, rel=1e-3)
 
 
 def test_parity_compares_values_vol_and_missingness():
