@@ -490,9 +490,9 @@ def test_ledger_refuses_non_finite_values(engine):
 
 
 def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeypatch):
-    monkeypatch.setattr(store, "_BULK_ROWS", 7)  # many chunks, ticker lengths mixed in each
+    monkeypatch.setattr(store.prices, "_BULK_ROWS", 7)  # many chunks, ticker lengths mixed
     # read back in batches of 11 rows: dates and tickers straddle batches, each one seen anew
-    monkeypatch.setattr(store, "_FETCH_ROWS", 11)
+    monkeypatch.setattr(store.prices, "_FETCH_ROWS", 11)
     # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
     tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
     dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
