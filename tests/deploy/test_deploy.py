@@ -1079,6 +1079,21 @@ def _alert_cases() -> list[dict[str, Any]]:
             ],
             "alert_rule_test": [_quiet("MomentumGrpcServerErrors", "20m")],
         },
+        # a slow consumer dropped at minute 10: fires while the drop is in the last 15
+        # minutes, quiet before and after; open streams alone never fire
+        {
+            "interval": "1m",
+            "input_series": [
+                _series("momentum_grpc_streams_dropped_total", "0x10 1x40", reason="backlog"),
+                _series("momentum_grpc_streams_dropped_total", "0x50", reason="server_limit"),
+                _series("momentum_grpc_streams", "500x50"),
+            ],
+            "alert_rule_test": [
+                _quiet("MomentumStreamsDropped", "5m"),
+                _fires("MomentumStreamsDropped", "15m", "warning", reason="backlog"),
+                _quiet("MomentumStreamsDropped", "40m"),
+            ],
+        },
     ]
 
 
