@@ -128,9 +128,11 @@ def _previous_closes(
     stored_days = stored.index.to_numpy(dtype="datetime64[ns]")[i]
     stored_tickers = stored.columns.to_numpy(dtype=object)[k]
     batch_days = dates.to_numpy(dtype="datetime64[ns]")
-    replaced = pd.MultiIndex.from_arrays([stored_days, stored_tickers]).isin(
-        pd.MultiIndex.from_arrays([batch_days, tickers])
-    )
+    replaced = np.zeros(len(stored_days), dtype=bool)
+    if len(stored_days):  # (a bulk load into an empty range has nothing to replace)
+        replaced = pd.MultiIndex.from_arrays([stored_days, stored_tickers]).isin(
+            pd.MultiIndex.from_arrays([batch_days, tickers])
+        )
     day = np.concatenate([stored_days[~replaced], batch_days])
     close = np.concatenate([values[i, k][~replaced], closes])
     row = np.concatenate([np.full((~replaced).sum(), -1), np.arange(len(dates))])

@@ -512,6 +512,8 @@ def stored_closes(bind: sa.Engine | sa.Connection, rows: pd.DataFrame) -> pd.Ser
     )
     with _reading(bind) as conn:
         found_days, found_codes, found_names, found = _fetch_closes(conn, query)
+    if not len(found):  # a bulk load into an empty range: no index of the batch to build
+        return pd.Series(np.full(len(rows), np.nan), index=rows.index, name="stored_close")
     stored = pd.MultiIndex.from_arrays([found_days, found_names[found_codes]])
     position = stored.get_indexer(pd.MultiIndex.from_arrays([days, tickers]))
     values = np.where(
