@@ -173,12 +173,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _code_name(context: Any, default: grpc.StatusCode) -> str:
     code = context.code()
-    if code is None:
-        return default.name
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    # the aio context reports the raw status number once aborted
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), default.name)
+    return (default if code is None else code).name
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):

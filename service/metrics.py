@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,17 @@ def portfolio_figures(weights: pd.Series, previous: pd.Series | None) -> Portfol
         n_long=int((current > 0).sum()),
         n_short=int((current < 0).sum()),
     )
+
+
+def _feature_series(gauge: Gauge, values: Mapping[str, float | None], shown: set[str]) -> set[str]:
+    """One series of `gauge` per feature of `values` (None: NaN); the series of `shown` that
+    `values` lacks (a new model without that feature) are removed. Returns the features shown.
+    """
+    for feature, value in values.items():
+        gauge.labels(feature=feature).set(math.nan if value is None else value)
+    for feature in shown - set(values):
+        gauge.remove(feature)
+    return set(values)
 
 
 class ServiceMetrics:
@@ -505,11 +517,7 @@ class ServiceMetrics:
         signal_drift = signal_psi(manifest, signals) if len(signals) else math.nan
         with self._lock:
             if feature_drift is not None:
-                for feature, value in feature_drift.items():
-                    self.feature_psi.labels(feature=feature).set(value)
-                for feature in self._features - set(feature_drift):
-                    self.feature_psi.remove(feature)  # a new model without that feature
-                self._features = set(feature_drift)
+                self._features = _feature_series(self.feature_psi, feature_drift, self._features)
             self.signal_psi.set(signal_drift)
 
     def observe_model(self, model: LoadedModel | None) -> None:
@@ -546,14 +554,11 @@ class ServiceMetrics:
         baseline = None if manifest is None else manifest.drift_baseline
         if baseline is not None and baseline.window != self.drift_window:
             baseline = None  # another window's baseline says nothing about this one
-        features = {} if baseline is None else baseline.features
-        for feature in self._baseline_features - set(features):
-            self.feature_psi_baseline.remove(feature)
-        for feature, value in features.items():
-            self.feature_psi_baseline.labels(feature=feature).set(
-                math.nan if value is None else value
-            )
-        self._baseline_features = set(features)
+        self._baseline_features = _feature_series(
+            self.feature_psi_baseline,
+            {} if baseline is None else baseline.features,
+            self._baseline_features,
+        )
         signal = None if baseline is None else baseline.signal
         self.signal_psi_baseline.set(math.nan if signal is None else signal)
 

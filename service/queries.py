@@ -208,15 +208,11 @@ class PositionsReader:
         FailedPrecondition
             No positions of that model (version) stored yet.
         """
-        name = name or self.service.holder.name
-        if as_of is not None:
-            refuse_future(self.service, as_of, "as_of")
+        name = self._checked(name, as_of)
         key = (name, as_of, version, self._watermark())
-        with self._lock:
-            found = self._sets.get(key)
-            if found is not None:
-                self._sets.move_to_end(key)
-                return found
+        found = self._lookup(key)
+        if found is not None:
+            return found
         found = self._read(name, as_of, version)
         with self._lock:
             self._sets[key] = found
@@ -238,16 +234,23 @@ class PositionsReader:
         """
         if self._probe is None:
             return None
-        name = name or self.service.holder.name
-        if as_of is not None:
-            refuse_future(self.service, as_of, "as_of")
+        name = self._checked(name, as_of)
         mark = self._mark
         if mark is None or mark[0] != self._probe():
             return None
+        return self._lookup((name, as_of, version, mark[1]))
+
+    def _checked(self, name: str | None, as_of: pd.Timestamp | None) -> str:
+        """The model name asked for (default the served one), refusing a future `as_of`."""
+        if as_of is not None:
+            refuse_future(self.service, as_of, "as_of")
+        return name or self.service.holder.name
+
+    def _lookup(self, key: tuple[Any, ...]) -> PositionsSet | None:
         with self._lock:
-            found = self._sets.get((name, as_of, version, mark[1]))
+            found = self._sets.get(key)
             if found is not None:
-                self._sets.move_to_end((name, as_of, version, mark[1]))
+                self._sets.move_to_end(key)
             return found
 
     def _watermark(self) -> tuple[int, int | None]:
