@@ -2,8 +2,10 @@
 
 One module per concern: :mod:`~service.store.schema` (the tables),
 :mod:`~service.store.engine` (opening the store, transactions),
-:mod:`~service.store.prices` (the closes), :mod:`~service.store.cycles` (cycle runs and
-positions), :mod:`~service.store.loads` (model loads), :mod:`~service.store.ledger` and
+:mod:`~service.store.prices` (writing the closes), :mod:`~service.store.price_reads`
+(reading them as a panel; :mod:`~service.store.sqlite_stream` its child process),
+:mod:`~service.store.cycles` (cycle runs and positions), :mod:`~service.store.loads` (model
+loads), :mod:`~service.store.ledger` and
 :mod:`~service.store.states` (feature states and the reruns a changed close leaves);
 :mod:`~service.store.values` converts values for all of them. Callers use this package's
 names (``from service import store; store.read_closes(...)``).
@@ -63,6 +65,7 @@ from service.store.loads import (
     read_model_loads,
     record_model_load,
 )
+from service.store.price_reads import read_closes
 from service.store.prices import (
     closes_dates,
     correct_closes,
@@ -70,7 +73,6 @@ from service.store.prices import (
     insert_closes,
     newest_close_date,
     read_close_corrections,
-    read_closes,
     stored_closes,
 )
 from service.store.schema import (

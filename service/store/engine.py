@@ -114,6 +114,18 @@ def _sqlite_engine(url: URL) -> sa.Engine:
     return engine
 
 
+def sqlite_file(engine: sa.Engine) -> str | None:
+    """The path of the engine's SQLite file; None for PostgreSQL, in-memory SQLite and URI
+    forms (``file:...`` or query options), which only the engine itself should open."""
+    url = engine.url
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or url.query:
+        return None
+    return database
+
+
 def data_version_probe(engine: sa.Engine) -> Callable[[], int] | None:
     """A cheap "has anything changed?" for a SQLite file store; None for other stores.
 
@@ -123,11 +135,8 @@ def data_version_probe(engine: sa.Engine) -> Callable[[], int] | None:
     no transaction, so a cache can be validated on every request. PostgreSQL and in-memory
     SQLite have no such counter: callers query what they need instead.
     """
-    url = engine.url
-    database = url.database or ""
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return None
-    if database.startswith("file:") or url.query:  # URI forms: leave them to the engine
+    database = sqlite_file(engine)
+    if database is None:
         return None
     connection = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
     lock = threading.Lock()

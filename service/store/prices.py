@@ -1,8 +1,10 @@
-"""Closes: bulk reads and inserts (COPY on PostgreSQL), corrections and their log."""
+"""Closes: inserts (COPY on PostgreSQL), corrections and their log, look-ups by pair.
+
+The wide-panel read lives in :mod:`service.store.price_reads`.
+"""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,10 +14,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from service.store.engine import _reading, transaction
+from service.store.price_reads import _fetch_closes, joined
 from service.store.schema import close_corrections, closes
 from service.store.states import _invalidate
 from service.store.values import (
-    _DATE_DTYPE,
+    _EPOCH,
     _date,
     _date_list,
     _dates,
@@ -25,175 +28,6 @@ from service.store.values import (
     _now,
     _time,
 )
-
-# --------------------------------------------------------------------------------------------
-# closes
-# --------------------------------------------------------------------------------------------
-
-
-def read_closes(
-    bind: sa.Engine | sa.Connection,
-    *,
-    start: Any = None,
-    end: Any = None,
-    tickers: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Stored closes as a wide price panel.
-
-    Parameters
-    ----------
-    bind : sqlalchemy.Engine or sqlalchemy.Connection
-    start, end : date-like, optional
-        Inclusive date bounds (default: everything).
-    tickers : sequence of str, optional
-        Columns, in this order; a ticker with nothing stored is an all-NaN column. Default:
-        every ticker with a close between ``start`` and ``end``, sorted.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Shape ``(n_dates, n_tickers)``, ``float64``, NaN where no close is stored; index
-        ``date`` (tz-naive, increasing: every date on which one of the tickers has a close);
-        columns named ``ticker``. Not forward-filled.
-    """
-    query = sa.select(closes.c.date, closes.c.ticker, closes.c.close)
-    if start is not None:
-        query = query.where(closes.c.date >= _date(start, "start"))
-    if end is not None:
-        query = query.where(closes.c.date <= _date(end, "end"))
-    if tickers is not None:
-        if isinstance(tickers, str):
-            raise TypeError("`tickers` must be a sequence of tickers, not one string")
-        tickers = list(tickers)
-        query = query.where(closes.c.ticker.in_(tickers))
-    with _reading(bind) as conn:
-        if (
-            tickers is not None
-            and conn.dialect.name == "postgresql"
-            and len(set(tickers)) == len(tickers)
-        ):
-            first = None if start is None else _date(start, "start")
-            last = None if end is None else _date(end, "end")
-            days, name_codes, unique_names, values = _copy_out_closes(conn, first, last, tickers)
-        else:
-            days, name_codes, unique_names, values = _fetch_closes(conn, query)
-    columns = tickers if tickers is not None else sorted(unique_names.tolist())
-    column = {t: k for k, t in enumerate(columns)}
-    day_codes, unique_days = pd.factorize(days, sort=True)
-    # scatter into the wide panel: rows by date, columns in the requested order
-    where = np.array([column[t] for t in unique_names], dtype=np.int64)[name_codes]
-    wide = np.full((len(unique_days), len(columns)), np.nan)
-    wide[day_codes, where] = values
-    index = pd.DatetimeIndex(_EPOCH + pd.to_timedelta(unique_days, unit="D"), name="date")
-    return pd.DataFrame(
-        wide,
-        index=index.astype(_DATE_DTYPE),
-        columns=pd.Index(columns, name="ticker"),
-    )
-
-
-# one row of `_copy_out_closes`'s binary COPY: field count, then (length, value) per field
-_COPY_ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("day_length", ">i4"),
-        ("day", ">i4"),
-        ("ticker_length", ">i4"),
-        ("ticker", ">i4"),
-        ("close_length", ">i4"),
-        ("close", ">f8"),
-    ]
-)
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
-
-
-def _copy_out_closes(
-    conn: sa.Connection, start: Any, end: Any, tickers: list[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """As `_fetch_closes`, on PostgreSQL through a binary ``COPY ... TO STDOUT``.
-
-    The server turns each row into fixed-width binary (the day number, the ticker's position
-    in `tickers` through a join on ``unnest ... WITH ORDINALITY``, the close), which numpy
-    reads as one structured array: no Python object per row at all.
-    """
-    where = ["TRUE"]
-    params: list[Any] = [tickers]
-    if start is not None:
-        where.append("c.date >= %s")
-        params.append(start)
-    if end is not None:
-        where.append("c.date <= %s")
-        params.append(end)
-    statement = (
-        "COPY (SELECT (c.date - DATE '2000-01-01')::int4, (u.idx - 1)::int4, c.close "
-        "FROM closes AS c JOIN unnest(%s::text[]) WITH ORDINALITY AS u(ticker, idx) "
-        f"ON c.ticker = u.ticker WHERE {' AND '.join(where)}) TO STDOUT (FORMAT BINARY)"
-    )
-    buffer = bytearray()
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(statement, params) as copy:
-        for block in copy:
-            buffer += block
-    if not buffer.startswith(_COPY_HEADER):
-        raise RuntimeError("unexpected COPY BINARY header from PostgreSQL")
-    extension = int.from_bytes(buffer[15:19], "big")
-    body = memoryview(buffer)[19 + extension : len(buffer) - 2]  # less the -1 trailer
-    rows = np.frombuffer(body, dtype=_COPY_ROW)
-    if len(rows) and not (rows["fields"] == 3).all():
-        raise RuntimeError("unexpected COPY BINARY row layout from PostgreSQL")
-    names = np.empty(len(tickers), dtype=object)
-    names[:] = tickers
-    return (
-        rows["day"].astype(np.int64),
-        rows["ticker"].astype(np.int64),
-        names,
-        rows["close"].astype(np.float64),
-    )
-
-
-_FETCH_ROWS = 262_144  # rows per fetchmany: a bounded batch of Python objects at a time
-
-
-def _fetch_closes(
-    conn: sa.Connection, query: sa.Select[Any]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows (date, ticker, close) of `query` as arrays, fetched in bounded batches.
-
-    Returns ``(days, codes, tickers, closes)``: days since 2000-01-01 (int64), each row's
-    ticker as an index into `tickers` (int64; `tickers` an object array of the distinct
-    names), closes (float64). The DBAPI rows are read `_FETCH_ROWS` at a time and turned
-    into arrays at once: SQLAlchemy Row objects cost ~0.6 s per 150k closes, and 13.5 M
-    rows held as Python tuples take ~3 GB, where these arrays take 24 bytes a row. Each
-    distinct date is parsed once (SQLite returns ISO strings, psycopg dates).
-    """
-    result = conn.execute(query)
-    cursor = result.cursor
-    day_of: dict[Any, int] = {}
-    code_of: dict[str, int] = {}
-    days, codes, values = [], [], []
-    while cursor is not None:
-        rows = cursor.fetchmany(_FETCH_ROWS)
-        if not rows:
-            break
-        # column by column (zip(*rows) is 8x slower on millions of rows)
-        values.append(np.fromiter(map(operator.itemgetter(2), rows), np.float64, len(rows)))
-        local, uniques = pd.factorize(np.array(list(map(operator.itemgetter(0), rows)), object))
-        new = [d for d in uniques if d not in day_of]
-        if new:
-            parsed = pd.DatetimeIndex(pd.to_datetime(new))
-            day_of.update(zip(new, (parsed - _EPOCH).days.tolist(), strict=True))
-        days.append(np.array([day_of[d] for d in uniques], np.int64)[local])
-        local, uniques = pd.factorize(np.array(list(map(operator.itemgetter(1), rows)), object))
-        for name in uniques:
-            code_of.setdefault(name, len(code_of))
-        codes.append(np.array([code_of[t] for t in uniques], np.int64)[local])
-        del rows
-    if not values:
-        empty = np.empty(0, np.int64)
-        return empty, empty, np.empty(0, object), np.empty(0, np.float64)
-    tickers = np.empty(len(code_of), dtype=object)
-    tickers[:] = list(code_of)
-    return np.concatenate(days), np.concatenate(codes), tickers, np.concatenate(values)
 
 
 def first_close_date(bind: sa.Engine | sa.Connection) -> pd.Timestamp | None:
@@ -275,8 +109,7 @@ def insert_closes(
 
 # Bulk inserts bypass SQLAlchemy's per-row parameter processing (most of the time of a
 # million-row insert): the values are converted once, as arrays, to what the column types
-# would have sent. `_EPOCH` is PostgreSQL's date and timestamp origin.
-_EPOCH = pd.Timestamp("2000-01-01")
+# would have sent.
 _CLOSE_COLUMNS = ("date", "ticker", "close", "source", "ingested_at")
 _BULK_ROWS = 262_144  # rows converted and sent at a time (one transaction either way)
 
@@ -511,7 +344,7 @@ def stored_closes(bind: sa.Engine | sa.Connection, rows: pd.DataFrame) -> pd.Ser
         closes.c.ticker.in_(sorted(set(tickers.tolist()))),
     )
     with _reading(bind) as conn:
-        found_days, found_codes, found_names, found = _fetch_closes(conn, query)
+        found_days, found_codes, found_names, found = joined(_fetch_closes(conn, query))
     if not len(found):  # a bulk load into an empty range: no index of the batch to build
         return pd.Series(np.full(len(rows), np.nan), index=rows.index, name="stored_close")
     stored = pd.MultiIndex.from_arrays([found_days, found_names[found_codes]])

@@ -20,6 +20,9 @@ from service.calendar import as_date
 # Dates come back in the unit of momentum.data panels (``us`` on pandas 3, ``ns`` on 2).
 _DATE_DTYPE = np.dtype(str(pd.date_range("2000-01-03", periods=1).dtype))
 
+# Bulk reads and writes carry dates as day numbers from here: PostgreSQL's date origin.
+_EPOCH = pd.Timestamp("2000-01-01")
+
 
 def _date(value: Any, name: str) -> Any:
     """A date-like value -> ``datetime.date`` for a DATE column."""

@@ -301,28 +301,36 @@ def test_the_service_checks_parity_after_a_batched_replay_and_every_n_cycles(
     assert metrics.feature_parity._value.get() > 1e-9
 
 
-def test_a_rebuild_reads_the_history_a_year_at_a_time_and_equals_the_full_pass(
+def test_a_rebuild_reads_the_history_once_and_advances_in_blocks_equal_to_the_full_pass(
     sqlite_engine, model, monkeypatch
 ):
     history = PRICES.loc["2019-06-03":"2021-03-31"].copy()
-    # a 3-session gap of MSFT across the first year boundary of the rebuild (2020-06-02)
-    history.loc["2020-05-29":"2020-06-03", "MSFT"] = np.nan
+    # a 3-session gap of MSFT across the boundary of the rebuild's first two blocks
+    monkeypatch.setattr(live_module, "_REBUILD_ROWS", 100)
+    gap = history.index[98:101]
+    history.loc[gap, "MSFT"] = np.nan
     _ingest(sqlite_engine, history)
-    spans = []
+    reads = []
     real_read = store.read_closes
+    monkeypatch.setattr(store, "read_closes", lambda *a, **k: reads.append(k) or real_read(*a, **k))
+    advanced = []
+    real_advance = FeatureState.advance
     monkeypatch.setattr(
-        store,
-        "read_closes",
-        lambda *a, **k: spans.append((k.get("start"), k.get("end"))) or real_read(*a, **k),
+        FeatureState,
+        "advance",
+        lambda self, closes, **k: advanced.append(len(closes)) or real_advance(self, closes, **k),
     )
     result = run_cycle(sqlite_engine, model, DAYS[-1], check_parity=True)
     assert result.status == "succeeded" and result.cold_start
     assert result.parity_max_abs == 0.0
-    rebuild = spans[:-2]  # then the cycle's own read and the parity check's
-    assert len(rebuild) == 2 and rebuild[0][0] is None
-    assert rebuild[0][1] == pd.Timestamp("2020-06-02")
-    # the gap was still open at the end of the first year: re-read with the second
-    assert rebuild[1][0] == pd.Timestamp("2020-05-29")
+    rebuild = reads[0]  # then the cycle's own read and the parity check's
+    assert rebuild["bulk"] and rebuild.get("start") is None
+    assert rebuild["end"] == DAYS[-1] - pd.Timedelta(days=1)
+    assert len(reads) == 3 and not reads[1].get("bulk") and reads[2]["bulk"]  # parity: bulk
+    # the history in blocks of 100 sessions, then the cycle's own session
+    sessions = len(history.loc[: DAYS[-1] - pd.Timedelta(days=1)])
+    assert advanced[:-1] == [100] * (sessions // 100) + [sessions % 100]
+    assert advanced[-1] == 1
 
 
 def test_the_next_cycle_reuses_the_state_it_stored_unless_the_store_changed(

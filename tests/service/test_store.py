@@ -132,10 +132,62 @@ def test_closes_come_back_as_a_wide_panel(engine):
 
 
 def test_empty_store_reads_as_empty_panel(engine):
-    wide = store.read_closes(engine, tickers=["AAA"])
-    assert wide.shape == (0, 1) and list(wide.columns) == ["AAA"]
-    assert wide.index.name == "date" and wide.index.dtype == PANEL_DTYPE
+    for bulk in (False, True):
+        wide = store.read_closes(engine, tickers=["AAA"], bulk=bulk)
+        assert wide.shape == (0, 1) and list(wide.columns) == ["AAA"]
+        assert wide.index.name == "date" and wide.index.dtype == PANEL_DTYPE
+        assert store.read_closes(engine, bulk=bulk).shape == (0, 0)
     assert store.closes_dates(engine).empty
+
+
+def test_bulk_read_of_a_sqlite_file_streams_from_child_processes(sqlite_engine, monkeypatch):
+    prices = load_prices("sp500").iloc[-60:, :7]
+    long = prices.stack().rename("close").reset_index()
+    store.insert_closes(sqlite_engine, long, source="sp500")
+    started = []
+    popen = store.price_reads.subprocess.Popen
+
+    def spy(command, **kwargs):
+        started.append(command)
+        return popen(command, **kwargs)
+
+    monkeypatch.setattr(store.price_reads.subprocess, "Popen", spy)
+    monkeypatch.setattr(store.price_reads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(store.price_reads, "_STREAM_PARTS", 3)
+    tickers = list(prices.columns)
+    bulk = store.read_closes(sqlite_engine, end=prices.index[-5], tickers=tickers, bulk=True)
+    pd.testing.assert_frame_equal(bulk, prices.iloc[:-4])
+    # three children, each a third of the rowids (no overlap, none left out)
+    assert len(started) == 3
+    ranges = sorted((int(c[-3]), int(c[-2])) for c in started)
+    assert ranges[0][0] == 1 and ranges[-1][1] == len(long)
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
+
+
+def test_a_failed_bulk_read_raises_and_returns_nothing(sqlite_engine, monkeypatch, tmp_path):
+    prices = load_prices("sp500").iloc[-20:, :3]
+    store.insert_closes(sqlite_engine, prices.stack().rename("close").reset_index(), source="t")
+    # a child that writes a well-formed stream of part of the rows, then fails
+    script = tmp_path / "half.py"
+    real = store.price_reads._STREAM_SCRIPT
+    script.write_text(
+        "import runpy, sys\n"
+        f"sys.argv[-2] = str(int(sys.argv[-3]) + 4)\n"
+        "try:\n"
+        f"    runpy.run_path({str(real)!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stdout.flush()\n"
+        "print('disk I/O error', file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
+    monkeypatch.setattr(store.price_reads, "_STREAM_SCRIPT", script)
+    with pytest.raises(
+        RuntimeError, match=r"bulk read of the closes in .*momentum\.db failed: disk I/O error"
+    ):
+        store.read_closes(sqlite_engine, bulk=True)
+    # without `bulk` the same store reads whole
+    assert store.read_closes(sqlite_engine).notna().sum().sum() == prices.notna().sum().sum()
 
 
 def test_closes_round_trip_bit_for_bit(engine):
@@ -492,7 +544,10 @@ def test_ledger_refuses_non_finite_values(engine):
 def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeypatch):
     monkeypatch.setattr(store.prices, "_BULK_ROWS", 7)  # many chunks, ticker lengths mixed
     # read back in batches of 11 rows: dates and tickers straddle batches, each one seen anew
-    monkeypatch.setattr(store.prices, "_FETCH_ROWS", 11)
+    monkeypatch.setattr(store.price_reads, "_FETCH_ROWS", 11)
+    # the bulk read (SQLite: child processes): three rowid ranges, batches of 5 rows
+    monkeypatch.setattr(store.price_reads, "_STREAM_PARTS", 3)
+    monkeypatch.setattr(store.price_reads, "_STREAM_ROWS", 5)
     # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
     tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
     dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
@@ -505,17 +560,18 @@ def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeyp
     rows = rows.dropna()
     stamp = datetime(2022, 3, 1, 21, 5, 7, 123456, tzinfo=UTC)
     assert store.insert_closes(engine, rows, source="bulk-ÿ", ingested_at=stamp) == len(rows)
-    back = store.read_closes(engine)
-    pd.testing.assert_frame_equal(back, panel.rename_axis(index="date", columns="ticker"))
-    # a column order asked for, with a ticker never stored, and a date window
-    window = store.read_closes(
-        engine, start=dates[3], end=dates[30], tickers=["EEEEEEEEEE", "ZZZ", "A"]
-    )
-    expected = panel.loc[dates[3] : dates[30], ["EEEEEEEEEE", "A"]]
-    pd.testing.assert_frame_equal(
-        window.drop(columns="ZZZ"), expected.rename_axis(index="date", columns="ticker")
-    )
-    assert window["ZZZ"].isna().all()
+    for bulk in (False, True):
+        back = store.read_closes(engine, bulk=bulk)
+        pd.testing.assert_frame_equal(back, panel.rename_axis(index="date", columns="ticker"))
+        # a column order asked for, with a ticker never stored, and a date window
+        window = store.read_closes(
+            engine, start=dates[3], end=dates[30], tickers=["EEEEEEEEEE", "ZZZ", "A"], bulk=bulk
+        )
+        expected = panel.loc[dates[3] : dates[30], ["EEEEEEEEEE", "A"]]
+        pd.testing.assert_frame_equal(
+            window.drop(columns="ZZZ"), expected.rename_axis(index="date", columns="ticker")
+        )
+        assert window["ZZZ"].isna().all()
     with engine.connect() as conn:
         meta = conn.execute(sa.select(store.closes.c.source, store.closes.c.ingested_at)).all()
     assert {m.source for m in meta} == {"bulk-ÿ"} and {m.ingested_at for m in meta} == {stamp}
