@@ -78,10 +78,9 @@ def read_closes(
         query = query.where(closes.c.ticker.in_(tickers))
     first = None if start is None else _date(start, "start")
     last = None if end is None else _date(end, "end")
-    database = sqlite_file(bind) if bulk and isinstance(bind, sa.Engine) else None
-    if database is not None and importlib.util.find_spec("adbc_driver_sqlite") is not None:
-        assert isinstance(bind, sa.Engine)
-        chunks, unique_names = _stream_closes(bind, database, first, last, tickers)
+    streamed = _streamed_table(bind) if bulk else None
+    if streamed is not None:
+        chunks, unique_names = _stream_closes(*streamed, first, last, tickers)
     else:
         with _reading(bind) as conn:
             if (
@@ -231,20 +230,40 @@ def _fetch_closes(conn: sa.Connection, query: sa.Select[Any]) -> _Rows:
 
 _STREAM_ROWS = 262_144  # rows per Arrow record batch from a child
 _STREAM_PARTS = 2  # children scanning rowid ranges side by side (at most one per CPU)
+_STREAM_MIN_ROWS = 250_000  # smaller tables: the sqlite3 fetch (a child starts in ~0.2 s)
 _STREAM_SCRIPT = Path(__file__).with_name("sqlite_stream.py")
 
 
-def _stream_closes(
-    engine: sa.Engine, database: str, start: Any, end: Any, tickers: list[str] | None
-) -> _Rows:
-    """As `_fetch_closes`, from a SQLite file through `sqlite_stream` in child processes.
+def _streamed_table(bind: sa.Engine | sa.Connection) -> tuple[str, int, int] | None:
+    """``(file, first rowid, last rowid)`` when a bulk read of `bind` should stream: an
+    engine on a SQLite file, the driver installed, and at least `_STREAM_MIN_ROWS` rowids
+    (below that the ``sqlite3`` fetch ends before a child has started)."""
+    database = sqlite_file(bind) if isinstance(bind, sa.Engine) else None
+    if database is None or importlib.util.find_spec("adbc_driver_sqlite") is None:
+        return None
+    with _reading(bind) as conn:
+        # SQLite's implicit row id; two subqueries, as SQLite looks one min or max up in
+        # the B-tree but scans the table for both in one query
+        first, last = conn.execute(
+            sa.text("SELECT (SELECT min(rowid) FROM closes), (SELECT max(rowid) FROM closes)")
+        ).one()
+    if first is None or last - first + 1 < _STREAM_MIN_ROWS:
+        return None
+    return database, int(first), int(last)
 
-    The table's rowid range is split between up to `_STREAM_PARTS` children, each read by
+
+def _stream_closes(
+    database: str, first: int, last: int, start: Any, end: Any, tickers: list[str] | None
+) -> _Rows:
+    """As `_fetch_closes`, from rowids `first`..`last` of a SQLite file, through
+    `sqlite_stream` in child processes.
+
+    The rowid range is split between up to `_STREAM_PARTS` children, each read by
     a thread of this process, so that SQLite's scans run side by side and this process
     converts one part while a child still reads another. Each part is its own read
     transaction: a close committed meanwhile may be in one part and not another, as it
     may land just after any read; the write's own invalidation (`states._invalidate`)
-    reruns what it changes.
+    reruns what it changes. Rows added past `last` since are not read.
 
     The children read every ticker; rows of tickers outside `tickers` are dropped here (a
     ``ticker IN`` filter costs SQLite more than it saves). Each batch's tickers are
@@ -252,14 +271,6 @@ def _stream_closes(
     never per row. A child's exit status is checked after its stream ends: a failure
     half-way raises rather than returning part of the history.
     """
-    with engine.connect() as conn:
-        # SQLite's implicit row id; two subqueries, as SQLite looks one min or max up in
-        # the B-tree but scans the table for both in one query
-        first, last = conn.execute(
-            sa.text("SELECT (SELECT min(rowid) FROM closes), (SELECT max(rowid) FROM closes)")
-        ).one()
-    if first is None:
-        first, last = 1, 0  # nothing stored: one empty part, which still checks the child
     parts = max(1, min(_STREAM_PARTS, os.cpu_count() or 1, last - first + 1))
     edges = np.linspace(first, last + 1, parts + 1).round().astype(np.int64).tolist()
     since = "" if start is None else start.isoformat()

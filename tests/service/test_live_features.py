@@ -307,6 +307,15 @@ def test_a_rebuild_reads_the_history_once_and_advances_in_blocks_equal_to_the_fu
     history = PRICES.loc["2019-06-03":"2021-03-31"].copy()
     # a 3-session gap of MSFT across the boundary of the rebuild's first two blocks
     monkeypatch.setattr(live_module, "_REBUILD_ROWS", 100)
+    # the bulk reads stream from child processes, however small the store
+    monkeypatch.setattr(store.price_reads, "_STREAM_MIN_ROWS", 0)
+    streamed = []
+    real_stream = store.price_reads._stream_closes
+    monkeypatch.setattr(
+        store.price_reads,
+        "_stream_closes",
+        lambda *a: streamed.append(a[0]) or real_stream(*a),
+    )
     gap = history.index[98:101]
     history.loc[gap, "MSFT"] = np.nan
     _ingest(sqlite_engine, history)
@@ -327,6 +336,7 @@ def test_a_rebuild_reads_the_history_once_and_advances_in_blocks_equal_to_the_fu
     assert rebuild["bulk"] and rebuild.get("start") is None
     assert rebuild["end"] == DAYS[-1] - pd.Timedelta(days=1)
     assert len(reads) == 3 and not reads[1].get("bulk") and reads[2]["bulk"]  # parity: bulk
+    assert len(streamed) == 2  # the rebuild's and the parity check's
     # the history in blocks of 100 sessions, then the cycle's own session
     sessions = len(history.loc[: DAYS[-1] - pd.Timedelta(days=1)])
     assert advanced[:-1] == [100] * (sessions // 100) + [sessions % 100]

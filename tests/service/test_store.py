@@ -154,6 +154,7 @@ def test_bulk_read_of_a_sqlite_file_streams_from_child_processes(sqlite_engine, 
     monkeypatch.setattr(store.price_reads.subprocess, "Popen", spy)
     monkeypatch.setattr(store.price_reads.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(store.price_reads, "_STREAM_PARTS", 3)
+    monkeypatch.setattr(store.price_reads, "_STREAM_MIN_ROWS", 0)
     tickers = list(prices.columns)
     bulk = store.read_closes(sqlite_engine, end=prices.index[-5], tickers=tickers, bulk=True)
     pd.testing.assert_frame_equal(bulk, prices.iloc[:-4])
@@ -162,6 +163,12 @@ def test_bulk_read_of_a_sqlite_file_streams_from_child_processes(sqlite_engine, 
     ranges = sorted((int(c[-3]), int(c[-2])) for c in started)
     assert ranges[0][0] == 1 and ranges[-1][1] == len(long)
     assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
+    # a small table is read in this process: no child
+    started.clear()
+    monkeypatch.setattr(store.price_reads, "_STREAM_MIN_ROWS", len(long) + 1)
+    small = store.read_closes(sqlite_engine, tickers=tickers, bulk=True)
+    pd.testing.assert_frame_equal(small, prices)
+    assert started == []
 
 
 def test_a_failed_bulk_read_raises_and_returns_nothing(sqlite_engine, monkeypatch, tmp_path):
@@ -182,6 +189,7 @@ def test_a_failed_bulk_read_raises_and_returns_nothing(sqlite_engine, monkeypatc
         "sys.exit(1)\n"
     )
     monkeypatch.setattr(store.price_reads, "_STREAM_SCRIPT", script)
+    monkeypatch.setattr(store.price_reads, "_STREAM_MIN_ROWS", 0)
     with pytest.raises(
         RuntimeError, match=r"bulk read of the closes in .*momentum\.db failed: disk I/O error"
     ):
@@ -548,6 +556,7 @@ def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeyp
     # the bulk read (SQLite: child processes): three rowid ranges, batches of 5 rows
     monkeypatch.setattr(store.price_reads, "_STREAM_PARTS", 3)
     monkeypatch.setattr(store.price_reads, "_STREAM_ROWS", 5)
+    monkeypatch.setattr(store.price_reads, "_STREAM_MIN_ROWS", 0)
     # tickers of several byte lengths (one non-ASCII), closes at full float64 precision
     tickers = ["A", "BB", "CCC", "DÉJÀ", "EEEEEEEEEE"]
     dates = pd.DatetimeIndex(pd.bdate_range("2022-01-03", periods=40), freq=None)
