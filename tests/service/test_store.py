@@ -574,9 +574,13 @@ def test_bulk_insert_stores_every_value_exactly_on_both_backends(engine, monkeyp
         pd.testing.assert_frame_equal(back, panel.rename_axis(index="date", columns="ticker"))
         # a column order asked for, with a ticker never stored, and a date window
         window = store.read_closes(
-            engine, start=dates[3], end=dates[30], tickers=["EEEEEEEEEE", "ZZZ", "A"], bulk=bulk
+            engine,
+            start=dates[3],
+            end=dates[30],
+            tickers=["EEEEEEEEEE", "ZZZ", "DÉJÀ", "A"],
+            bulk=bulk,
         )
-        expected = panel.loc[dates[3] : dates[30], ["EEEEEEEEEE", "A"]]
+        expected = panel.loc[dates[3] : dates[30], ["EEEEEEEEEE", "DÉJÀ", "A"]]
         pd.testing.assert_frame_equal(
             window.drop(columns="ZZZ"), expected.rename_axis(index="date", columns="ticker")
         )
