@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -87,6 +88,9 @@ class BacktestConfig:
     ``None`` budget fields take the protocol's value for the model's family.
     ``turnover_cost_bps`` trains on returns net of that cost (turnover
     regularisation); ``fixed`` pins hyperparameters instead of searching them.
+    ``select`` and ``select_cost_bps`` choose what early stopping and the best
+    trial are scored on (`training.train`): the validation Sharpe net of
+    ``select_cost_bps`` (None: ``turnover_cost_bps``), or the training loss.
     """
 
     model: str
@@ -105,6 +109,8 @@ class BacktestConfig:
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     turnover_cost_bps: float = 0.0
+    select: Literal["sharpe", "loss"] = "sharpe"
+    select_cost_bps: float | None = None
     seq_len: int = 63
     fixed: dict[str, Any] = field(default_factory=dict)
     cost_bps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
@@ -124,6 +130,10 @@ class BacktestConfig:
                 raise ValueError(f"`{name}` must be at least 1, got {value}")
         if self.turnover_cost_bps < 0 or any(c < 0 for c in self.cost_bps):
             raise ValueError("costs must be non-negative")
+        if self.select not in ("sharpe", "loss"):
+            raise ValueError(f"`select` must be 'sharpe' or 'loss', got {self.select!r}")
+        if self.select_cost_bps is not None and self.select_cost_bps < 0:
+            raise ValueError(f"`select_cost_bps` must be non-negative, got {self.select_cost_bps}")
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any]) -> BacktestConfig:
@@ -232,20 +242,23 @@ def search_split(
     """`config`'s random search on one train / validation split, resuming in `directory`.
 
     Returns the search result and the training config every trial started from
-    (the protocol's budget, the turnover cost, the sequence length, `seed`).
+    (the protocol's budget, the turnover cost, the selection, the sequence length,
+    `seed`).
     """
     budget = config.budget
     base = TrainConfig(
         max_epochs=budget.max_epochs,
         patience=budget.patience,
         cost_bps=config.turnover_cost_bps,
+        select=config.select,
+        select_cost_bps=config.select_cost_bps,
         seq_len=config.seq_len,
         seed=seed,
     )
 
     def on_trial(record: dict[str, Any]) -> None:
         log(
-            f"  trial {record['complete']}/{record['of']}: valid Sharpe {record['value']:.3f} "
+            f"  trial {record['complete']}/{record['of']}: valid score {record['value']:.3f} "
             f"(best {record['best']:.3f})"
         )
 
@@ -294,7 +307,10 @@ def _run_window(
         {
             "trial": result.best_trial,
             "params": hyper,
-            "valid_sharpe": result.best_value,
+            # selected on valid_score; the gross and net Sharpe of the same epoch beside it
+            "valid_score": result.best_value,
+            "valid_sharpe": result.best_attrs.get("valid_sharpe", result.best_value),
+            "valid_net_sharpe": result.best_attrs.get("valid_net_sharpe", result.best_value),
             "test_sharpe": _window_sharpe(features, window.test, signal),
             "train_rows": [int(window.train[0]), int(window.train[-1])],
             "valid_rows": [int(window.valid[0]), int(window.valid[-1])],
@@ -408,7 +424,8 @@ def _run_windows(
             best = json.loads((directory / "best.json").read_text())
             daily = pd.concat(done, ignore_index=True).groupby("date")["captured"].mean()
             log(
-                f"seed {seed}, window {window.name}: best valid Sharpe {best['valid_sharpe']:.3f}, "
+                f"seed {seed}, window {window.name}: best valid Sharpe {best['valid_sharpe']:.3f} "
+                f"(net {best.get('valid_net_sharpe', math.nan):.3f}), "
                 f"test Sharpe {best['test_sharpe']:.3f}, out-of-sample so far "
                 f"{sharpe_ratio(daily.to_numpy()):.3f} ({status})"
             )

@@ -83,6 +83,21 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
         help="train on returns net of this cost in bps (turnover regularisation)",
     )
     p.add_argument(
+        "--select",
+        choices=("sharpe", "loss"),
+        default="sharpe",
+        help="what early stopping and the best trial are scored on: the validation Sharpe "
+        "net of --select-cost (default), or the validation value of the training loss",
+    )
+    p.add_argument(
+        "--select-cost",
+        type=float,
+        default=None,
+        metavar="BPS",
+        help="cost per unit of turnover the selection Sharpe is net of (default: "
+        "--turnover-cost; 0 selects on the gross Sharpe)",
+    )
+    p.add_argument(
         "--fixed",
         type=_json_object,
         default={},
@@ -246,6 +261,8 @@ def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
         patience=args.patience,
         workers=args.workers,
         turnover_cost_bps=args.turnover_cost,
+        select=args.select,
+        select_cost_bps=args.select_cost,
         seq_len=args.seq_len,
         fixed=args.fixed,
         sectors=args.sectors,

@@ -366,7 +366,10 @@ def export_production(
         valid_rows=valid,
         hyper=hyper,
         seeds=[seed],
-        metrics={"valid_sharpe": result.best_value},
+        metrics={
+            "valid_sharpe": result.best_attrs.get("valid_sharpe", result.best_value),
+            "valid_score": result.best_value,
+        },
         source={"search": str(Path(out).resolve()), "trial": result.best_trial},
         test_span=None,
         registry=Path(registry),

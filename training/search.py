@@ -3,7 +3,8 @@
 A search draws each key of a registry model's ``spec.search_space`` uniformly
 from its list of choices (``RandomSampler`` + ``suggest_categorical``: the
 papers' random grid search), trains the model with `training.train.train` and
-maximises the best validation Sharpe ratio that early stopping found.
+maximises the best validation score that early stopping found (by default the
+Sharpe ratio net of the selection cost: `training.train`).
 
 Layout of a search directory::
 
@@ -103,13 +104,17 @@ class SearchResult:
     best_params : dict
         The sampled hyperparameters of the best trial (search-space keys).
     best_value : float
-        Its best validation Sharpe ratio.
+        Its best validation score, the figure trials are selected on (by default the
+        Sharpe ratio net of the selection cost; see `training.train`).
     best_trial : int
         Its trial number; the weights are in ``directory / "trials" / f"{best_trial}.pt"``.
     n_complete : int
         COMPLETE trials in the study (equals the requested ``n_trials``).
     directory : Path
         The search directory.
+    best_attrs : dict
+        The best trial's user attributes: its gross and net validation Sharpe
+        (``valid_sharpe``, ``valid_net_sharpe``), best epoch, how it stopped.
     """
 
     best_params: dict[str, Any]
@@ -117,6 +122,7 @@ class SearchResult:
     best_trial: int
     n_complete: int
     directory: Path
+    best_attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -245,8 +251,10 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
 def _run_trial(job: _Job, number: int, hyper: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
     """Train one trial: the same function for local workers and Ray tasks.
 
-    Returns the best validation Sharpe and the user attributes; writes the
-    trial's weights file. Raises `TrialDiverged` without a finite Sharpe.
+    Returns the best validation score (what the trial is selected on: by default the
+    Sharpe net of the selection cost, see `training.train`) and the user attributes,
+    among them the gross and net Sharpe; writes the trial's weights file. Raises
+    `TrialDiverged` without a finite score.
     """
     torch.set_num_threads(job.threads)
     hyper = {**job.fixed, **hyper}
@@ -257,13 +265,15 @@ def _run_trial(job: _Job, number: int, hyper: Mapping[str, Any]) -> tuple[float,
     attrs = {
         "best_epoch": result.best_epoch,
         "initial_valid_sharpe": result.initial_valid_sharpe,
+        "valid_sharpe": result.best_valid_sharpe,
+        "valid_net_sharpe": result.best_valid_net_sharpe,
         "stopped": result.stopped,
         "seconds": time.perf_counter() - start,
     }
-    value = result.best_valid_sharpe
+    value = result.best_valid_score
     if not math.isfinite(value):
         raise TrialDiverged(
-            f"{job.name} trial {number}: best validation Sharpe is {value} "
+            f"{job.name} trial {number}: best validation score is {value} "
             f"(training stopped: {result.stopped}); params {hyper}",
             attrs,
         )
@@ -277,7 +287,8 @@ def _run_trial(job: _Job, number: int, hyper: Mapping[str, Any]) -> tuple[float,
             # the training settings of this trial (base + sampled): layouts need seq_len
             "train_config": dataclasses.asdict(dataclasses.replace(job.base, **train_part)),
             "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-            "best_valid_sharpe": value,
+            "best_valid_score": value,
+            "best_valid_sharpe": result.best_valid_sharpe,
             "best_epoch": result.best_epoch,
         },
     )
@@ -507,7 +518,7 @@ def run_search(
     complete = _complete(study)
     if len(complete) < n_trials:
         reason = (
-            "too many trials failed (non-finite validation Sharpe)"
+            "too many trials failed (non-finite validation score)"
             if budget.exhausted_by_failures()
             else "the workers stopped early"
         )
@@ -522,6 +533,7 @@ def run_search(
         best_trial=best.number,
         n_complete=len(complete),
         directory=directory,
+        best_attrs=dict(best.user_attrs),
     )
 
 

@@ -1,10 +1,16 @@
 """One training loop for every registered model.
 
 `fit` trains a module on the training rows of a `ModelData` and early-stops
-on the validation Sharpe ratio of the *cross-asset average* daily captured
-return (the reference code's criterion): improvement must exceed
-``min_delta`` (1e-4) within ``patience`` (25) epochs; the best weights are
-restored at the end. `train` builds and seeds a registry model from a flat
+on a validation *score*: improvement must exceed ``min_delta`` (1e-4) within
+``patience`` (25) epochs; the best weights are restored at the end. The score
+(``TrainConfig.select``) is what is traded: ``"sharpe"`` (default), the Sharpe
+ratio of the cross-asset average daily return (the reference code's criterion)
+*net* of ``select_cost_bps`` per unit of turnover (default: the run's own
+``cost_bps``, so a run trained with a turnover penalty is also selected net of
+it; 0 gives the gross figure), or ``"loss"``, minus the training objective
+itself (its penalty included) on the validation rows. The gross and net
+Sharpe ratios of every epoch are recorded either way. Selecting on the gross
+Sharpe let a model whose cost regulariser worked lose to one that churns. `train` builds and seeds a registry model from a flat
 dict of hyperparameters (model-config fields and `TrainConfig` fields mixed,
 as a random search draws them) and fits it.
 
@@ -44,6 +50,7 @@ __all__ = [
     "resolve_device",
     "split_hyperparameters",
     "train",
+    "validation_loss",
     "validation_sharpe",
 ]
 
@@ -73,6 +80,8 @@ class TrainConfig:
     optimizer: Literal["adam", "amsgrad"] = "adam"
     loss: LossName = "sharpe"
     cost_bps: float = 0.0
+    select: Literal["sharpe", "loss"] = "sharpe"
+    select_cost_bps: float | None = None
     seq_len: int = 63
     seed: int = 0
     device: str = "auto"
@@ -93,6 +102,16 @@ class TrainConfig:
             raise ValueError(f"`optimizer` must be 'adam' or 'amsgrad', got {self.optimizer!r}")
         if self.loss not in ("sharpe", "returns", "mse", "binary"):
             raise ValueError(f"`loss` must be sharpe, returns, mse or binary, got {self.loss!r}")
+        if self.select not in ("sharpe", "loss"):
+            raise ValueError(f"`select` must be 'sharpe' or 'loss', got {self.select!r}")
+        cost = self.select_cost_bps
+        if cost is not None and not (math.isfinite(cost) and cost >= 0):
+            raise ValueError(f"`select_cost_bps` must be finite and >= 0 or None, got {cost}")
+
+    @property
+    def selection_cost_bps(self) -> float:
+        """The cost the selection Sharpe is net of: `select_cost_bps`, else `cost_bps`."""
+        return self.cost_bps if self.select_cost_bps is None else self.select_cost_bps
 
 
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
@@ -102,7 +121,12 @@ _ALIASES = {"k": "seq_len"}
 
 @dataclass
 class FitResult:
-    """The trained model (best weights restored) and how training went."""
+    """The trained model (best weights restored) and how training went.
+
+    ``best_valid_score`` is the selection score of the best epoch (see the module
+    docstring); ``best_valid_sharpe`` and ``best_valid_net_sharpe`` are that epoch's
+    gross and net validation Sharpe ratios, recorded whatever was selected on.
+    """
 
     model: nn.Module
     best_epoch: int
@@ -110,6 +134,8 @@ class FitResult:
     initial_valid_sharpe: float
     stopped: Literal["early_stopping", "max_epochs", "diverged"]
     history: list[dict[str, float]] = field(default_factory=list)
+    best_valid_score: float = math.nan
+    best_valid_net_sharpe: float = math.nan
 
 
 def resolve_device(device: str) -> torch.device:
@@ -125,11 +151,84 @@ def layout_for(spec: ModelSpec, model_config: Any, config: TrainConfig) -> Layou
     return make_layout(spec.layout, steps)
 
 
-def validation_sharpe(model: nn.Module, layout: Layout, data: ModelData, rows: np.ndarray) -> float:
-    """Sharpe of the cross-asset average daily captured return on `rows` (NaN if undefined)."""
-    positions = layout.predict(model, data, rows)
+def validation_sharpe(
+    model: nn.Module, layout: Layout, data: ModelData, rows: np.ndarray, cost_bps: float = 0.0
+) -> float:
+    """Sharpe of the cross-asset average daily return on `rows`, net of `cost_bps` per unit
+    of turnover between consecutive rows (eqs. 12-13; 0: gross); NaN if undefined."""
+    return _sharpes(layout.predict(model, data, rows), data, rows, (cost_bps,))[0]
+
+
+def _sharpes(
+    positions: np.ndarray, data: ModelData, rows: np.ndarray, costs: tuple[float, ...]
+) -> list[float]:
     f = data.features
-    return float(sharpe_ratio(strategy_returns(positions, f.next_returns[rows], f.vol[rows])))
+    return [
+        float(
+            sharpe_ratio(
+                strategy_returns(positions, f.next_returns[rows], f.vol[rows], cost_bps=cost)
+            )
+        )
+        for cost in costs
+    ]
+
+
+_LOSS_SEED = 0  # validation batches are shuffled like training ones, the same way every epoch
+
+
+def validation_loss(
+    model: nn.Module, layout: Layout, data: ModelData, rows: np.ndarray, config: TrainConfig
+) -> float:
+    """The training objective on `rows` as one batch (its penalty included), in eval mode.
+
+    One batch, because the Sharpe objectives are not means over batches; spatio-temporal
+    layouts shuffle it as training does (their turnover is STMOM's localized minibatch
+    turnover, eq. 14), with a fixed seed so that epochs compare.
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    try:
+        rng = np.random.default_rng(_LOSS_SEED)
+        batches = list(layout.batches(data, rows, max(len(rows) * data.n_assets, 1), rng))
+        if not batches:
+            return math.nan
+        (batch,) = batches
+        batch = batch.to(device)
+        with torch.no_grad():
+            loss = _loss(model, layout, batch, config)
+        return float(loss)
+    finally:
+        model.train(was_training)
+
+
+def _loss(model: nn.Module, layout: Layout, batch: Any, config: TrainConfig) -> torch.Tensor:
+    """The training objective of one batch, plus the model's penalty where it has one."""
+    positions = layout.canonical(positions_of(model(*batch.inputs)), batch)
+    loss = objective(
+        positions,
+        batch.target,
+        batch.leverage,
+        batch.mask,
+        reduction=_REDUCTION[layout.name],
+        loss=config.loss,
+        cost_bps=config.cost_bps,
+        markets=getattr(getattr(model, "config", None), "markets", None),
+    )
+    penalty = getattr(model, "penalty", None)
+    return loss if penalty is None else loss + penalty()
+
+
+def _scores(
+    model: nn.Module, layout: Layout, data: ModelData, rows: np.ndarray, config: TrainConfig
+) -> dict[str, float]:
+    """The validation figures of one epoch: gross and net Sharpe, and the selection score."""
+    gross, net = _sharpes(
+        layout.predict(model, data, rows), data, rows, (0.0, config.selection_cost_bps)
+    )
+    loss = validation_loss(model, layout, data, rows, config) if config.select == "loss" else 0.0
+    score = -loss if config.select == "loss" else net
+    return {"valid_sharpe": gross, "valid_net_sharpe": net, "valid_score": score}
 
 
 def check_rows(train_rows: np.ndarray, valid_rows: np.ndarray) -> None:
@@ -166,7 +265,7 @@ def fit(
     *,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train `model`, early-stopping on validation Sharpe; best weights restored.
+    """Train `model`, early-stopping on the validation score; best weights restored.
 
     Parameters
     ----------
@@ -180,21 +279,20 @@ def fit(
         training rows must not reach the validation or test period.
     config : TrainConfig
     on_epoch : callable, optional
-        Called with each epoch's record (epoch, train_loss, valid_sharpe, seconds).
+        Called with each epoch's record (epoch, train_loss, valid_sharpe, valid_net_sharpe,
+        valid_score, seconds).
     """
     check_rows(train_rows, valid_rows)
     device = resolve_device(config.device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=config.lr, amsgrad=config.optimizer == "amsgrad")
-    reduction = _REDUCTION[layout.name]
-    markets = getattr(getattr(model, "config", None), "markets", None)
-    penalty = getattr(model, "penalty", None)
     constrain = getattr(model, "constrain_", None)
     rng = np.random.default_rng(config.seed)
 
-    initial = validation_sharpe(model, layout, data, valid_rows)
-    best_sharpe, best_epoch = -math.inf, 0
+    initial = _scores(model, layout, data, valid_rows, config)
+    best = {"valid_score": -math.inf}
+    best_epoch = 0
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
     stopped: Literal["early_stopping", "max_epochs", "diverged"] = "max_epochs"
@@ -205,20 +303,7 @@ def fit(
         losses = []
         diverged = False
         for batch in layout.batches(data, train_rows, config.batch_size, rng):
-            batch = batch.to(device)
-            positions = layout.canonical(positions_of(model(*batch.inputs)), batch)
-            loss = objective(
-                positions,
-                batch.target,
-                batch.leverage,
-                batch.mask,
-                reduction=reduction,
-                loss=config.loss,
-                cost_bps=config.cost_bps,
-                markets=markets,
-            )
-            if penalty is not None:
-                loss = loss + penalty()
+            loss = _loss(model, layout, batch.to(device), config)
             if not torch.isfinite(loss):
                 diverged = True
                 break
@@ -235,18 +320,19 @@ def fit(
         if diverged:
             stopped = "diverged"
             break
-        sharpe = validation_sharpe(model, layout, data, valid_rows)
+        scores = _scores(model, layout, data, valid_rows, config)
         record = {
             "epoch": float(epoch),
             "train_loss": float(np.mean(losses)) if losses else math.nan,
-            "valid_sharpe": sharpe,
+            **scores,
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if math.isfinite(sharpe) and sharpe > best_sharpe + config.min_delta:
-            best_sharpe, best_epoch, since_best = sharpe, epoch, 0
+        score = scores["valid_score"]
+        if math.isfinite(score) and score > best["valid_score"] + config.min_delta:
+            best, best_epoch, since_best = scores, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
@@ -255,8 +341,17 @@ def fit(
                 break
     model.load_state_dict(best_state)
     if best_epoch == 0:
-        best_sharpe = initial
-    return FitResult(model, best_epoch, best_sharpe, initial, stopped, history)
+        best = initial
+    return FitResult(
+        model,
+        best_epoch,
+        best["valid_sharpe"],
+        initial["valid_sharpe"],
+        stopped,
+        history,
+        best_valid_score=best["valid_score"],
+        best_valid_net_sharpe=best["valid_net_sharpe"],
+    )
 
 
 def split_hyperparameters(
