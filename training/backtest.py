@@ -46,7 +46,7 @@ from training.datasets import ModelData
 from training.explain import slp_attribution_summary, tft_summary
 from training.models import Universe, get_spec
 from training.search import SearchResult, load_trial_model, run_search
-from training.splits import ExpandingWindow, Window
+from training.splits import ExpandingWindow, Fold, Window
 from training.train import TrainConfig, layout_for, split_hyperparameters
 
 __all__ = ["PROTOCOLS", "BacktestConfig", "Budget", "run_backtest", "universe_for"]
@@ -91,6 +91,9 @@ class BacktestConfig:
     ``select`` and ``select_cost_bps`` choose what early stopping and the best
     trial are scored on (`training.train`): the validation Sharpe net of
     ``select_cost_bps`` (None: ``turnover_cost_bps``), or the training loss.
+    ``valid_fraction`` is the validation share of each training block;
+    ``valid_folds`` scores every trial on that many blocked folds instead
+    (`training.splits`), with a gap of the longest window the model may read.
     """
 
     model: str
@@ -111,6 +114,8 @@ class BacktestConfig:
     turnover_cost_bps: float = 0.0
     select: Literal["sharpe", "loss"] = "sharpe"
     select_cost_bps: float | None = None
+    valid_fraction: float = 0.1
+    valid_folds: int | None = None
     seq_len: int = 63
     fixed: dict[str, Any] = field(default_factory=dict)
     cost_bps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
@@ -134,6 +139,10 @@ class BacktestConfig:
             raise ValueError(f"`select` must be 'sharpe' or 'loss', got {self.select!r}")
         if self.select_cost_bps is not None and self.select_cost_bps < 0:
             raise ValueError(f"`select_cost_bps` must be non-negative, got {self.select_cost_bps}")
+        if not 0 < self.valid_fraction < 1:
+            raise ValueError(f"`valid_fraction` must be in (0, 1), got {self.valid_fraction}")
+        if self.valid_folds is not None and self.valid_folds < 2:
+            raise ValueError(f"`valid_folds` must be at least 2, got {self.valid_folds}")
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any]) -> BacktestConfig:
@@ -157,6 +166,27 @@ class BacktestConfig:
     @property
     def name(self) -> str:
         return self.label or self.model
+
+    @property
+    def longest_window(self) -> int:
+        """The most sessions a model of this run may read (the gap between blocked folds):
+        the largest lookback of a spatio-temporal model, else the largest sequence length
+        (``--seq-len``, or QuantNet's searched truncated-BPTT length ``k``), as `fixed`,
+        the search space or the defaults allow."""
+        spec = get_spec(self.model)
+        keys: tuple[str, ...]
+        lengths: list[int]
+        if spec.layout == "spatiotemporal":
+            keys, lengths = ("lookback",), []
+            default = {f.name: f.default for f in dataclasses.fields(spec.config_cls)}
+            lengths.append(int(spec.defaults.get("lookback", default["lookback"])))
+        else:
+            keys, lengths = ("k", "seq_len"), [self.seq_len]
+        for key in keys:
+            if key in self.fixed:
+                return int(self.fixed[key])
+            lengths += [int(v) for v in spec.search_space.get(key, ())]
+        return max(lengths)
 
     def resolved(self) -> dict[str, Any]:
         """The stored form: every default filled in, the budget spelled out."""
@@ -238,6 +268,7 @@ def search_split(
     seed: int,
     directory: str | Path,
     log: Callable[[str], None],
+    folds: tuple[Fold, ...] = (),
 ) -> tuple[SearchResult, TrainConfig]:
     """`config`'s random search on one train / validation split, resuming in `directory`.
 
@@ -274,6 +305,7 @@ def search_split(
         workers=config.workers,
         seed=seed,
         fixed=config.fixed,
+        folds=folds,
         executor=config.executor,
         ray_address=config.ray_address,
         progress=on_trial,
@@ -292,7 +324,15 @@ def _run_window(
 ) -> pd.DataFrame:
     features = data.features
     result, base = search_split(
-        config, data, universe, window.train, window.valid, seed=seed, directory=directory, log=log
+        config,
+        data,
+        universe,
+        window.train,
+        window.valid,
+        seed=seed,
+        directory=directory,
+        log=log,
+        folds=window.folds,
     )
     model, model_config = load_trial_model(directory, result.best_trial)
     spec = get_spec(config.model)
@@ -460,6 +500,9 @@ def run_backtest(
         step_years=config.step_years,
         start_year=config.start_year,
         end_year=config.end_year,
+        valid_fraction=config.valid_fraction,
+        valid_folds=config.valid_folds,
+        gap=config.longest_window,
     )
     windows = list(splitter.split(features.dates))
     budget = config.budget

@@ -90,6 +90,20 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
         "net of --select-cost (default), or the validation value of the training loss",
     )
     p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="share of each training block (its end) that validates (default 0.1)",
+    )
+    p.add_argument(
+        "--valid-folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score every trial on K blocked folds of the training block instead, with a "
+        "gap of the longest model window between training and validation rows",
+    )
+    p.add_argument(
         "--select-cost",
         type=float,
         default=None,
@@ -263,6 +277,8 @@ def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
         turnover_cost_bps=args.turnover_cost,
         select=args.select,
         select_cost_bps=args.select_cost,
+        valid_fraction=args.valid_fraction,
+        valid_folds=args.valid_folds,
         seq_len=args.seq_len,
         fixed=args.fixed,
         sectors=args.sectors,

@@ -342,13 +342,19 @@ def export_production(
     features = compute_features(prices, FeatureConfig())
     data = ModelData.from_features(features)
     universe = universe_for(config, features)
-    train, valid = final_split(features.dates, start_year=config.start_year)
+    train, valid, folds = final_split(
+        features.dates,
+        start_year=config.start_year,
+        valid_fraction=config.valid_fraction,
+        valid_folds=config.valid_folds,
+        gap=config.longest_window,
+    )
     log(
         f"training {config.model} on {config.data} up to {features.dates[-1]:%Y-%m-%d}: "
         f"{len(train)} train / {len(valid)} valid rows, {config.budget.trials} trials"
     )
     result, _ = search_split(
-        config, data, universe, train, valid, seed=seed, directory=out, log=log
+        config, data, universe, train, valid, seed=seed, directory=out, log=log, folds=folds
     )
     model, model_config = load_trial_model(out, result.best_trial)
     hyper = {**config.fixed, **result.best_params}

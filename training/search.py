@@ -140,6 +140,8 @@ class _Job:
     n_trials: int
     workers: int
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # further (train, valid) folds each trial is also scored on (`training.splits`)
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @property
     def threads(self) -> int:
@@ -252,8 +254,9 @@ def _run_trial(job: _Job, number: int, hyper: Mapping[str, Any]) -> tuple[float,
     """Train one trial: the same function for local workers and Ray tasks.
 
     Returns the best validation score (what the trial is selected on: by default the
-    Sharpe net of the selection cost, see `training.train`) and the user attributes,
-    among them the gross and net Sharpe; writes the trial's weights file. Raises
+    Sharpe net of the selection cost, see `training.train`; with extra folds, the mean
+    of every fold's score) and the user attributes, among them the gross and net Sharpe
+    (means over the folds); writes the weights file of the main split's model. Raises
     `TrialDiverged` without a finite score.
     """
     torch.set_num_threads(job.threads)
@@ -262,15 +265,22 @@ def _run_trial(job: _Job, number: int, hyper: Mapping[str, Any]) -> tuple[float,
     model_config, result = train(
         job.name, job.data, job.universe, job.train_rows, job.valid_rows, hyper, job.base
     )
-    attrs = {
+    # the extra folds only score: each trains a model of its own, which is not kept
+    fold_results = [result] + [
+        train(job.name, job.data, job.universe, rows, valid, hyper, job.base)[1]
+        for rows, valid in job.folds
+    ]
+    attrs: dict[str, Any] = {
         "best_epoch": result.best_epoch,
         "initial_valid_sharpe": result.initial_valid_sharpe,
-        "valid_sharpe": result.best_valid_sharpe,
-        "valid_net_sharpe": result.best_valid_net_sharpe,
+        "valid_sharpe": float(np.mean([r.best_valid_sharpe for r in fold_results])),
+        "valid_net_sharpe": float(np.mean([r.best_valid_net_sharpe for r in fold_results])),
         "stopped": result.stopped,
         "seconds": time.perf_counter() - start,
     }
-    value = result.best_valid_score
+    if job.folds:  # main fold (the last block) first
+        attrs["fold_scores"] = [r.best_valid_score for r in fold_results]
+    value = float(np.mean([r.best_valid_score for r in fold_results]))
     if not math.isfinite(value):
         raise TrialDiverged(
             f"{job.name} trial {number}: best validation score is {value} "
@@ -411,6 +421,7 @@ def run_search(
     fixed: Mapping[str, Any] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> SearchResult:
     """Random search over ``get_spec(name).search_space``, resuming any study in `directory`.
 
@@ -447,6 +458,10 @@ def run_search(
         machine and Ray workers need no shared storage.
     ray_address : str, optional
         ``ray.init(address=...)``; default a local Ray started here.
+    folds : sequence of (train_rows, valid_rows), optional
+        Further splits every trial is also trained and scored on (blocked folds,
+        `training.splits.blocked_folds`); the trial's value is the mean score of all
+        its splits, and the model of (`train_rows`, `valid_rows`) is the one kept.
 
     Returns
     -------
@@ -457,6 +472,9 @@ def run_search(
     valid_rows = np.asarray(valid_rows, dtype=np.int64)
     fixed = dict(fixed or {})
     _validate(spec, data, universe, train_rows, valid_rows, n_trials, workers)
+    extra = tuple((np.asarray(t, dtype=np.int64), np.asarray(v, dtype=np.int64)) for t, v in folds)
+    for fold_train, fold_valid in extra:
+        check_rows(fold_train, fold_valid)
     if executor not in ("local", "ray"):
         raise ValueError(f"`executor` must be 'local' or 'ray', got {executor!r}")
     # raises naming any pinned key that is neither a config field nor a training setting
@@ -498,6 +516,7 @@ def run_search(
         n_trials,
         workers,
         fixed,
+        extra,
     )
     ctx = multiprocessing.get_context("spawn")
     budget = _Budget(ctx, remaining, max_failures=max(10, n_trials))
