@@ -63,11 +63,17 @@ class _Strict(BaseModel):
 
 
 class FeatureSpec(_Strict):
-    """The features a model was trained on: names in input order, their code version, parameters."""
+    """The features a model was trained on: names in input order, their code version, parameters.
+
+    ``index`` names the market index level series the extended features need (their
+    beta and alpha to the index): the service stores and reads it as a series of that
+    name beside the universe's closes. None for the default features.
+    """
 
     names: list[str] = Field(min_length=1)
     version: str
     config: dict[str, Any]
+    index: str | None = None
 
 
 class OutputSpec(_Strict):
@@ -219,9 +225,15 @@ def feature_config(spec: FeatureSpec) -> FeatureConfig:
         raise ManifestError(f"features.config is not a valid FeatureConfig: {err}") from None
 
 
-def feature_spec(config: FeatureConfig) -> FeatureSpec:
-    """The manifest's record of `config` under this version of `momentum.features`."""
-    return FeatureSpec(names=list(config.names), version=FEATURES_VERSION, config=config.as_dict())
+def feature_spec(config: FeatureConfig, index: str | None = None) -> FeatureSpec:
+    """The manifest's record of `config` under this version of `momentum.features`, and
+    the name of the index series it was computed with (extended features only)."""
+    return FeatureSpec(
+        names=list(config.names),
+        version=FEATURES_VERSION,
+        config=config.as_dict(),
+        index=index if config.extended else None,
+    )
 
 
 def check_manifest(
@@ -242,7 +254,13 @@ def check_manifest(
             f"{manifest.name} {manifest.version}: features version "
             f"{manifest.features.version!r} differs from momentum.features {FEATURES_VERSION!r}"
         )
-    names = list(feature_config(manifest.features).names)
+    config = feature_config(manifest.features)
+    names = list(config.names)
+    if config.extended and not manifest.features.index:
+        raise ManifestError(
+            f"{manifest.name} {manifest.version}: extended features need the name of their "
+            "index series (features.index), and the manifest has none"
+        )
     if manifest.features.names != names:
         raise ManifestError(
             f"{manifest.name} {manifest.version}: feature names {manifest.features.names} differ "

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from momentum.data import EMBEDDED, load_prices
+from momentum.data import EMBEDDED, load_index, load_prices
 from service import store
 from service.calendar import as_date, exchange_today, get_calendar
 from service.config import Settings
@@ -84,6 +84,7 @@ class SignalService:
             settings.model_name,
             version=settings.model_version,
             tickers=self.tickers,
+            index=self.index_ticker,
             device=settings.device,
             engine=self.engine,
         )
@@ -95,6 +96,22 @@ class SignalService:
     def tickers(self) -> list[str]:
         """The universe: the embedded dataset's tickers, or the columns of a price file."""
         return [str(t) for t in load_prices(self.settings.universe).columns]
+
+    @cached_property
+    def index_ticker(self) -> str | None:
+        """The market index series' name in the store (`Settings.index_ticker`): the
+        embedded universe's own index unless set; None for a price file unless set."""
+        if self.settings.index_ticker:
+            return self.settings.index_ticker
+        if self.universe_is_embedded:
+            return str(load_index(self.settings.universe).name)
+        return None
+
+    @property
+    def ingest_universe(self) -> list[str]:
+        """What ingest accepts: the universe's tickers and the index series, if any."""
+        index = self.index_ticker
+        return self.tickers + ([index] if index is not None and index not in self.tickers else [])
 
     @property
     def universe_is_embedded(self) -> bool:
@@ -114,7 +131,7 @@ class SignalService:
         result = ingest_closes(
             self.engine,
             rows,
-            universe=self.tickers,
+            universe=self.ingest_universe,
             calendar=self.calendar,
             today=today,
             correction=correction,
@@ -129,7 +146,7 @@ class SignalService:
         result = ingest_file(
             self.engine,
             path,
-            universe=self.tickers,
+            universe=self.ingest_universe,
             calendar=self.calendar,
             correction=correction,
             rules=self.plausibility,

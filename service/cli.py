@@ -121,15 +121,16 @@ def _ledger_row(ledger: pd.DataFrame) -> argparse.Namespace | None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from momentum.data import load_prices
     from service import store
-    from service.ingest import panel_rows, replay_rows
+    from service.ingest import feed_panel, panel_rows, replay_rows
     from service.paper import update_ledger
 
     service = _service()
     model = _model(service)
     start = pd.Timestamp(args.start)
-    prices = load_prices(service.settings.universe)
+    # the embedded data's index levels ride along (extended-feature models read them)
+    index = service.index_ticker if service.universe_is_embedded else None
+    prices = feed_panel(service.settings.universe, index=index)
     before = prices.loc[: start - pd.Timedelta(days=1)]
     stored = store.closes_dates(service.engine, end=start - pd.Timedelta(days=1))
     if len(stored) == 0 and len(before):
@@ -149,7 +150,7 @@ def _replay(args: argparse.Namespace) -> int:
     # the range's closes in one batch, then its sessions' cycles batched (run_sessions):
     # features over the range in one pass, inference over many sessions per model call,
     # each session still stored in its own transaction, in order
-    feed = list(replay_rows(start, args.end, name=service.settings.universe))
+    feed = list(replay_rows(start, args.end, name=service.settings.universe, index=index))
     rows = pd.concat([r for _, r in feed], ignore_index=True)
     ingested = service.ingest(rows, source="replay")
     if not ingested.ok:

@@ -145,6 +145,16 @@ class Settings(BaseSettings):
             "Parquet price file whose tickers are the universe."
         ),
     )
+    index_ticker: str | None = Field(
+        default=None,
+        description=(
+            "The name under which the market index level series is ingested and stored, "
+            "beside the universe's closes (ingest accepts it like a ticker). Models with "
+            "extended features (beta and alpha to the index) need it, and their manifest "
+            "names the same series. Unset: the embedded universe's own index (`SP500` for "
+            "`sp500`); none for a price file."
+        ),
+    )
     calendar: str = Field(
         default="XNYS",
         description=(

@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from momentum.data import EMBEDDED, PriceDataError, load_prices, read_table, validate_prices
+from momentum.data import (
+    EMBEDDED,
+    PriceDataError,
+    load_index,
+    load_prices,
+    read_table,
+    validate_prices,
+)
 from service import store
 from service.calendar import as_date, exchange_today, get_calendar
 from service.ingest_checks import (
@@ -53,6 +60,7 @@ __all__ = [
     "CLOSE_RTOL",
     "IngestResult",
     "Rejection",
+    "feed_panel",
     "ingest_closes",
     "ingest_file",
     "panel_rows",
@@ -419,8 +427,21 @@ def _split_override(table: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.S
     return table.drop(columns=column["override"]), flags
 
 
+def feed_panel(name: str = "sp500", *, index: str | None = None) -> pd.DataFrame:
+    """The prices of dataset `name` (`load_prices`) as a feed delivers them: with the
+    embedded data's own market index levels as one more column named `index` when given
+    (the series extended-feature models read; a price file brings none)."""
+    prices = load_prices(name)
+    if index is None:
+        return prices
+    if name not in EMBEDDED:
+        raise ValueError(f"{name} is a price file: it has no index series to feed as {index!r}")
+    levels = load_index(name).reindex(prices.index)
+    return prices.assign(**{index: levels.to_numpy()}).rename_axis(columns="ticker")
+
+
 def replay_rows(
-    start: Any, end: Any = None, *, name: str = "sp500"
+    start: Any, end: Any = None, *, name: str = "sp500", index: str | None = None
 ) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
     """The embedded data, one session at a time, as a live feed would deliver it.
 
@@ -432,6 +453,8 @@ def replay_rows(
         Last date to replay (inclusive); default the last date of the data.
     name : str, default "sp500"
         Dataset for :func:`momentum.data.load_prices` (an embedded name or a price file).
+    index : str, optional
+        Also feed the embedded data's market index levels, as this ticker (`feed_panel`).
 
     Returns
     -------
@@ -447,7 +470,7 @@ def replay_rows(
         not at the first ``next``).
     """
     first = as_date(start, "start")
-    prices = load_prices(name)
+    prices = feed_panel(name, index=index)
     last = prices.index[-1] if end is None else as_date(end, "end")
     if first > last:
         raise ValueError(f"`start` {first:%Y-%m-%d} is after `end` {last:%Y-%m-%d}")

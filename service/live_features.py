@@ -22,8 +22,11 @@ when none is left (a cold start).
 
 `feature_parity` is the other path: `compute_features` on the whole stored
 history, as the service computed before states existed, a chunk of assets at a
-time (an asset's features depend on its own closes only, so the chunks give
-what one call gives, in a fraction of the memory). The parity check runs it
+time (an asset's features depend on its own closes only, and on the index levels
+every chunk gets, so the chunks give what one call gives, in a fraction of the
+memory). A model with extended features names its market index series in its
+manifest; the service stores its levels beside the closes, under that name, and
+both paths read them with the universe's closes (`_stored_closes`). The parity check runs it
 every few cycles and compares (`parity_max_abs`): training/serving skew is
 measured, not assumed.
 """
@@ -161,6 +164,8 @@ def feature_key(model: LoadedModel, history: int) -> str:
         "tickers": list(model.manifest.tickers),
         "history": history,
     }
+    if model.manifest.features.index is not None:  # (keys of the default set unchanged)
+        spec["index"] = model.manifest.features.index
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -186,7 +191,7 @@ def live_features(
     tickers = list(model.manifest.tickers)
     clock = time.perf_counter()
     state, key, cold = _resume(engine, model, as_of, portfolio_vol_target, drift_rows)
-    raw = _closes_after(engine, state, as_of)
+    raw, index = _closes_after(engine, state, as_of, _index_name(model))
     read = time.perf_counter() - clock
     if raw.empty or as_of not in raw.index:
         raise SkipSession(f"no closes stored for {as_of:%Y-%m-%d}")
@@ -207,7 +212,7 @@ def live_features(
     )
     to_store = None
     if settled:
-        state.advance(filled.iloc[:settled])
+        state.advance(filled.iloc[:settled], index=index)
         assert state.last_date is not None
         final = settled == len(filled)  # else `state` goes on past the stored session
         to_store = SettledState(
@@ -218,7 +223,8 @@ def live_features(
             snapshot=state if final else None,
         )
     if settled < len(filled):
-        state.advance(filled.iloc[settled:])  # carried or still-open sessions: not stored
+        # carried or still-open sessions: not stored
+        state.advance(filled.iloc[settled:], index=index)
     return LiveFeatures(
         recent=state.recent,
         steps=state.steps,
@@ -245,7 +251,7 @@ def batch_features(
     compute. None when `days[0]` is not such a session (its own cycle decides what to do).
     """
     state, key, cold = _resume(engine, model, days[0], portfolio_vol_target, drift_rows)
-    raw = _closes_after(engine, state, days[-1])
+    raw, index = _closes_after(engine, state, days[-1], _index_name(model))
     complete = raw.notna().all(axis=1).to_numpy()
     usable = len(raw) if complete.all() else int(np.argmin(complete))
     block = raw.iloc[:usable]
@@ -258,7 +264,7 @@ def batch_features(
         return None
     block = block.loc[: wanted[-1]]
     before = state.recent
-    features = concat_rows(before, state.advance(block))
+    features = concat_rows(before, state.advance(block, index=index))
     first = state.steps - len(block)  # sessions consumed before the block
     found = block.index.get_indexer(pd.DatetimeIndex(wanted))
     position = dict(zip(wanted, found.tolist(), strict=True))
@@ -310,13 +316,15 @@ def feature_parity(
     """`parity_max_abs` of `recent` against `compute_features` on every stored close up to
     its last date, cleaned as training cleans, computed `assets` assets at a time."""
     tickers = list(model.manifest.tickers)
-    raw = store.read_closes(engine, end=recent.dates[-1], tickers=tickers, bulk=True)
-    closes = validate_prices(raw, source="store").reindex(columns=tickers)
+    raw, index = _stored_closes(
+        engine, tickers, _index_name(model), end=recent.dates[-1], bulk=True
+    )
+    closes = validate_prices(raw[raw.notna().any(axis=1)], source="store").reindex(columns=tickers)
     del raw
     config = feature_config(model.manifest.features)
     worst = 0.0
     for lo in range(0, len(tickers), assets):
-        full = compute_features(closes.iloc[:, lo : lo + assets], config)
+        full = compute_features(closes.iloc[:, lo : lo + assets], config, index=index)
         worst = max(worst, parity_max_abs(recent.slice_assets(lo, lo + assets), full))
     return worst
 
@@ -354,11 +362,13 @@ def _resume(
         return state, key, False
     config = feature_config(model.manifest.features)
     state = FeatureState.empty(model.manifest.tickers, config, history=history)
-    _rebuild(engine, state, as_of)
+    _rebuild(engine, state, as_of, _index_name(model))
     return state, key, True
 
 
-def _rebuild(engine: sa.Engine, state: FeatureState, before: pd.Timestamp) -> None:
+def _rebuild(
+    engine: sa.Engine, state: FeatureState, before: pd.Timestamp, index_name: str | None
+) -> None:
     """Advance an empty state over every stored close before `before`.
 
     One bulk read (`store.read_closes` with ``bulk=True``: a SQLite file streams through
@@ -367,21 +377,46 @@ def _rebuild(engine: sa.Engine, state: FeatureState, before: pd.Timestamp) -> No
     (8 float64 a cell) never exist for the whole history at once.
     """
     last = before - pd.Timedelta(days=1)
-    raw = store.read_closes(engine, end=last, tickers=list(state.tickers), bulk=True)
+    raw, index = _stored_closes(engine, list(state.tickers), index_name, end=last, bulk=True)
     raw = raw[raw.notna().any(axis=1)]
     if raw.empty:
         return
     filled, settled = state.continue_panel(raw, source="store")
     del raw
     for lo in range(0, settled, _REBUILD_ROWS):
-        state.advance(filled.iloc[lo : min(lo + _REBUILD_ROWS, settled)])
+        state.advance(filled.iloc[lo : min(lo + _REBUILD_ROWS, settled)], index=index)
 
 
-def _closes_after(engine: sa.Engine, state: FeatureState, end: pd.Timestamp) -> pd.DataFrame:
-    """The universe's stored closes after the state's last session up to `end`."""
+def _closes_after(
+    engine: sa.Engine, state: FeatureState, end: pd.Timestamp, index_name: str | None
+) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The universe's stored closes after the state's last session up to `end` (sessions
+    where one of them has a close), and the index levels (`_stored_closes`)."""
     start = None if state.last_date is None else state.last_date + pd.Timedelta(days=1)
-    raw = store.read_closes(engine, start=start, end=end, tickers=list(state.tickers))
-    return raw[raw.notna().any(axis=1)]
+    raw, index = _stored_closes(engine, list(state.tickers), index_name, start=start, end=end)
+    return raw[raw.notna().any(axis=1)], index
+
+
+def _stored_closes(
+    engine: sa.Engine,
+    tickers: list[str],
+    index_name: str | None,
+    *,
+    start: Any = None,
+    end: Any = None,
+    bulk: bool = False,
+) -> tuple[pd.DataFrame, pd.Series | None]:
+    """The tickers' stored closes, and the levels of the index series `index_name` (stored
+    beside them, for the extended features) on the dates it has any; None without one."""
+    columns = tickers + ([index_name] if index_name is not None else [])
+    raw = store.read_closes(engine, start=start, end=end, tickers=columns, bulk=bulk)
+    if index_name is None:
+        return raw, None
+    return raw[tickers], raw[index_name].dropna()
+
+
+def _index_name(model: LoadedModel) -> str | None:
+    return model.manifest.features.index
 
 
 # The newest state this process stored, per (store, key): the next cycle resumes from it

@@ -134,9 +134,13 @@ def load_model(
     version: str | None = None,
     *,
     tickers: Sequence[str] | None = None,
+    index: str | None = None,
     device: Device = "auto",
 ) -> LoadedModel:
     """Load, check and warm up one model version (the production one when `version` is None).
+
+    `index` is the name of the market index series the service stores (None: none); a
+    model with extended features is served only when its manifest names that series.
 
     Raises
     ------
@@ -149,9 +153,16 @@ def load_model(
         entry = load_version(registry, name, version)
         manifest = entry.manifest
         check_manifest(manifest, tickers=tickers)
-        if manifest.features.config.get("extended"):
+        wanted = manifest.features.index
+        if wanted is not None and index is None:
             raise ManifestError(
-                "extended features need the index series, which the service does not ingest"
+                f"its extended features need the market index series {wanted!r}, and this "
+                "service stores no index series (MOMENTUM_INDEX_TICKER)"
+            )
+        if wanted is not None and wanted != index:
+            raise ManifestError(
+                f"its extended features were computed with the index series {wanted!r}, and "
+                f"this service stores the index as {index!r} (MOMENTUM_INDEX_TICKER)"
             )
         import onnxruntime as ort
 
@@ -217,6 +228,7 @@ class ModelHolder:
         *,
         version: str | None = None,
         tickers: Sequence[str] | None = None,
+        index: str | None = None,
         device: Device = "auto",
         engine: sa.Engine | None = None,
     ) -> None:
@@ -224,6 +236,7 @@ class ModelHolder:
         self.name = name
         self.pinned = version
         self.tickers = None if tickers is None else list(tickers)
+        self.index = index
         self.device = device
         self.engine = engine
         self._lock = threading.Lock()
@@ -273,7 +286,12 @@ class ModelHolder:
                 return LoadOutcome(False, current, refused=self._refused[1], fallback=self.fallback)
             try:
                 model = load_model(
-                    self.registry, self.name, wanted, tickers=self.tickers, device=self.device
+                    self.registry,
+                    self.name,
+                    wanted,
+                    tickers=self.tickers,
+                    index=self.index,
+                    device=self.device,
                 )
             except ModelRefused as err:
                 return self._refuse(wanted, str(err), current)
@@ -329,7 +347,12 @@ class ModelHolder:
             tried.add(version)
             try:
                 return load_model(
-                    self.registry, self.name, version, tickers=self.tickers, device=self.device
+                    self.registry,
+                    self.name,
+                    version,
+                    tickers=self.tickers,
+                    index=self.index,
+                    device=self.device,
                 )
             except ModelRefused as err:
                 log.warning("fallback %s %s refused too: %s", self.name, version, err)

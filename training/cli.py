@@ -57,6 +57,20 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
         help="ticker,sector CSV giving QuantNet's markets for --data PATH",
     )
     p.add_argument(
+        "--features",
+        choices=("default", "extended"),
+        default="default",
+        help="feature set: the papers' 8 (default) or the RNN equities paper's extended set "
+        "(adds realised vol, beta, CTI and alpha returns; needs the market index levels)",
+    )
+    p.add_argument(
+        "--index",
+        default=None,
+        metavar="FILE",
+        help="market index levels (date and one value column) for --features extended with "
+        "--data PATH; the embedded data brings its own",
+    )
+    p.add_argument(
         "--protocol",
         choices=["quick", "paper"],
         default="quick",
@@ -279,6 +293,8 @@ def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
         select_cost_bps=args.select_cost,
         valid_fraction=args.valid_fraction,
         valid_folds=args.valid_folds,
+        features=args.features,
+        index=args.index,
         seq_len=args.seq_len,
         fixed=args.fixed,
         sectors=args.sectors,

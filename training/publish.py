@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from momentum.contract import INPUT_NAME, OUTPUT_NAME, predict_rows
-from momentum.data import load_prices
 from momentum.drift import BASELINE_LEVEL, DRIFT_WINDOW, level_shares, window_psi_baseline
-from momentum.features import FeatureConfig, Features, compute_features
+from momentum.features import Features
 from momentum.manifest import (
     QUANTILE_LEVELS,
     DriftBaseline,
@@ -43,7 +42,7 @@ from momentum.manifest import (
 from momentum.metrics import max_drawdown, sharpe_ratio
 from momentum.portfolio import portfolio_returns, strategy_returns, target_weights, turnover
 from momentum.registry import ModelVersion, publish, version_id
-from training.backtest import BacktestConfig, search_split, universe_for
+from training.backtest import BacktestConfig, run_features, search_split, universe_for
 from training.datasets import ModelData
 from training.export import ExportedGraph, export_onnx, onnx_session
 from training.models import Universe, get_spec
@@ -156,6 +155,7 @@ def _publish(
     prices: pd.DataFrame,
     data_source: str,
     features: Features,
+    index: pd.Series | None,
     universe: Universe,
     train_rows: np.ndarray,
     valid_rows: np.ndarray,
@@ -205,7 +205,7 @@ def _publish(
             ),
             tickers=list(universe.tickers),
             markets=[list(m) for m in universe.markets],
-            features=feature_spec(features.config),
+            features=feature_spec(features.config, None if index is None else str(index.name)),
             lookback=lookback,
             hyperparameters=hyper,
             config=dataclasses.asdict(model_config),
@@ -286,8 +286,7 @@ def export_window(
     directory = window_directory(run, seed, window)
     best = json.loads((directory / "best.json").read_text())
     model, model_config = load_trial_model(directory, best["trial"])
-    prices = load_prices(config.data)
-    features = compute_features(prices, FeatureConfig())
+    prices, features, index = run_features(config)
     universe = universe_for(config, features)
     hyper = dict(best["params"])
     lookback = lookback_of(config.model, model_config, hyper, config.seq_len)
@@ -306,6 +305,7 @@ def export_window(
         prices=prices,
         data_source=config.data,
         features=features,
+        index=index,
         universe=universe,
         train_rows=train,
         valid_rows=valid,
@@ -336,10 +336,7 @@ def export_production(
     the budget (trials, epochs, patience), its ``fixed`` pins hyperparameters.
     The search lives in `out` and resumes if interrupted.
     """
-    prices = load_prices(config.data)
-    if end is not None:
-        prices = prices.loc[: pd.Timestamp(end)]
-    features = compute_features(prices, FeatureConfig())
+    prices, features, index = run_features(config, end=end)
     data = ModelData.from_features(features)
     universe = universe_for(config, features)
     train, valid, folds = final_split(
@@ -367,6 +364,7 @@ def export_production(
         prices=prices,
         data_source=config.data,
         features=features,
+        index=index,
         universe=universe,
         train_rows=train,
         valid_rows=valid,

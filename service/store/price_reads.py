@@ -230,7 +230,9 @@ def _per_ticker_rows(
         size, dimensions, nulls, _, rows, _, columns, _ = _ARRAY_HEAD.unpack_from(body, at)
         if fields != 2 or dimensions != 2 or nulls != 0 or columns != 2:
             raise RuntimeError("unexpected COPY BINARY row layout from PostgreSQL")
-        pairs = np.frombuffer(body, dtype=_COPY_ELEMENT, count=2 * rows, offset=at + _ARRAY_HEAD.size)
+        pairs = np.frombuffer(
+            body, dtype=_COPY_ELEMENT, count=2 * rows, offset=at + _ARRAY_HEAD.size
+        )
         if not (pairs["length"] == 8).all():
             raise RuntimeError("unexpected COPY BINARY array element from PostgreSQL")
         values = pairs["value"].reshape(rows, 2)

@@ -139,3 +139,23 @@ def test_a_trial_with_folds_scores_the_mean_of_every_fold(tmp_path, monkeypatch)
             n_trials=1,
             folds=[(label_rows(320, 500), label_rows(400, 600))],
         )
+
+
+def test_the_feature_set_is_an_experiment_parameter(tmp_path):
+    from training.backtest import FEATURE_SETS, run_features
+
+    config = BacktestConfig(model="slp", features="extended")
+    assert config.resolved()["features"] == "extended"
+    prices, features, index = run_features(config, end="2000-12-29")
+    assert features.config == FEATURE_SETS["extended"] and features.config.extended
+    assert index is not None and index.name == "SP500" and index.index[-1] == prices.index[-1]
+    _, default, none = run_features(BacktestConfig(model="slp"), end="2000-12-29")
+    assert none is None and not default.config.extended
+    assert features.values.shape[-1] > default.values.shape[-1]
+    # a price file brings no index: the extended set needs one named
+    path = tmp_path / "prices.csv"
+    prices.iloc[:300, :3].to_csv(path, index_label="date")
+    with pytest.raises(ValueError, match="--index FILE"):
+        BacktestConfig(model="slp", data=str(path), features="extended")
+    with pytest.raises(ValueError, match="`features` must be one of"):
+        BacktestConfig(model="slp", features="everything")
