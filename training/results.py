@@ -141,7 +141,8 @@ def _markdown(
         lines += ["", f"Note: {note}"]
     lines += [
         "",
-        "Rescaled to 15% volatility (ex-post, as the papers' second table), 0 bps:",
+        "Rescaled to 15% volatility (ex-post, as the papers' second table: one constant per "
+        "series, so the Sharpe ratio is the raw one), 0 bps:",
         "",
         "| strategy | E[Return] | MDD | Sharpe | Sortino | Calmar |",
         "|---|---|---|---|---|---|",

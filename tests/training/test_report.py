@@ -305,7 +305,7 @@ def test_plots_are_png_files(report_dir: Path) -> None:
 
 def test_explanations_are_shown_verbatim(report_dir: Path) -> None:
     text = (report_dir / "report.md").read_text()
-    section = text[text.index("## 8. Model explanations") :]
+    section = text[text.index("## 12. Model explanations") :]
     assert "tft_variable_importance.csv" in section
     assert "| norm_ret_1d | 0.125 |" in section
     assert "| macd_8_24 | 0.875 |" in section

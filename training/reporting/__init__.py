@@ -1,0 +1,6 @@
+"""The pieces of the backtest report; `training.report` assembles them and is the public API.
+
+``runs`` reads run directories and computes each strategy's daily returns; ``tables`` the
+papers' tables over seeds and the combinations; ``compare`` the standard errors, tests,
+per-asset, rolling-correlation and market views; ``plots`` the figures.
+"""
