@@ -124,8 +124,23 @@ class TrainingWindow(_Strict):
     test_end: date | None = None
 
 
+class EnsembleMember(_Strict):
+    """One model of an ensemble graph: its search trial, selection score and settings.
+
+    The graph averages the members' outputs; each member reads the last `lookback` steps
+    of the contract window (the manifest's ``lookback`` is the longest).
+    """
+
+    trial: int | None = None
+    seed: int | None = None
+    score: float | None = None
+    lookback: int = Field(ge=1)
+    hyperparameters: dict[str, Any]
+    config: dict[str, Any]
+
+
 class Manifest(_Strict):
-    """Everything needed to serve and audit one exported model."""
+    """Everything needed to serve and audit one exported model (or an ensemble: `members`)."""
 
     format_version: Literal[1] = MANIFEST_VERSION
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -157,6 +172,13 @@ class Manifest(_Strict):
     )
     parity_tolerance: float = Field(gt=0, description="the tolerance the export was held to")
     source: dict[str, Any] = Field(default_factory=dict)
+    members: list[EnsembleMember] | None = Field(
+        default=None,
+        description=(
+            "an ensemble's models, best first (`hyperparameters` and `config` are the "
+            "first's); None for a single model"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -183,6 +205,13 @@ class Manifest(_Strict):
             ):
                 raise ValueError(
                     f"quantiles of {key!r} must be {levels} non-decreasing values, got {values}"
+                )
+        if self.members is not None:
+            longest = max((m.lookback for m in self.members), default=0)
+            if not self.members or longest != self.lookback:
+                raise ValueError(
+                    f"`members` must be non-empty with a longest lookback equal to `lookback` "
+                    f"{self.lookback}, got {longest}"
                 )
         return self
 

@@ -43,19 +43,22 @@ from momentum.features import FEATURES_VERSION, FeatureConfig, Features, compute
 from momentum.metrics import sharpe_ratio
 from momentum.portfolio import captured_returns, strategy_returns
 from training.datasets import ModelData
+from training.ensemble import ensemble_positions, members
 from training.explain import slp_attribution_summary, tft_summary
 from training.models import Universe, get_spec
-from training.search import SearchResult, load_trial_model, run_search
+from training.search import SearchResult, run_search
 from training.splits import ExpandingWindow, Fold, Window
-from training.train import TrainConfig, layout_for, split_hyperparameters
+from training.train import TrainConfig
 
 __all__ = [
     "FEATURE_SETS",
+    "base_train_config",
     "PROTOCOLS",
     "BacktestConfig",
     "Budget",
     "run_backtest",
     "run_features",
+    "seed_average",
     "universe_for",
 ]
 
@@ -114,6 +117,8 @@ class BacktestConfig:
     ``features`` is the feature set (`FEATURE_SETS`): the papers' 8 features, or the
     extended set of the RNN equities paper (Boutier 2023), which also needs the market
     index levels: the embedded data's own index, or ``index`` (a file) for a price file.
+    ``ensemble`` averages the positions of each window's top trials (1: the best
+    trial alone); ``seed_ensemble`` averages the seeds' positions into one strategy.
     ``valid_fraction`` is the validation share of each training block;
     ``valid_folds`` scores every trial on that many blocked folds instead
     (`training.splits`), with a gap of the longest window the model may read.
@@ -141,6 +146,8 @@ class BacktestConfig:
     valid_folds: int | None = None
     features: Literal["default", "extended"] = "default"
     index: str | None = None
+    ensemble: int = 5
+    seed_ensemble: bool = False
     seq_len: int = 63
     fixed: dict[str, Any] = field(default_factory=dict)
     cost_bps: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
@@ -154,7 +161,7 @@ class BacktestConfig:
             )
         if self.executor not in ("local", "ray"):
             raise ValueError(f"`executor` must be 'local' or 'ray', got {self.executor!r}")
-        for name in ("seeds", "trials", "epochs", "workers"):
+        for name in ("seeds", "trials", "epochs", "workers", "ensemble"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {value}")
@@ -308,6 +315,21 @@ def _window_sharpe(features: Features, rows: np.ndarray, signal: np.ndarray) -> 
     )
 
 
+def base_train_config(config: BacktestConfig, seed: int) -> TrainConfig:
+    """The training config every trial of `config` starts from (sampled keys override it):
+    the protocol's budget, the turnover cost, the selection, the sequence length, `seed`."""
+    budget = config.budget
+    return TrainConfig(
+        max_epochs=budget.max_epochs,
+        patience=budget.patience,
+        cost_bps=config.turnover_cost_bps,
+        select=config.select,
+        select_cost_bps=config.select_cost_bps,
+        seq_len=config.seq_len,
+        seed=seed,
+    )
+
+
 def search_split(
     config: BacktestConfig,
     data: ModelData,
@@ -327,15 +349,7 @@ def search_split(
     `seed`).
     """
     budget = config.budget
-    base = TrainConfig(
-        max_epochs=budget.max_epochs,
-        patience=budget.patience,
-        cost_bps=config.turnover_cost_bps,
-        select=config.select,
-        select_cost_bps=config.select_cost_bps,
-        seq_len=config.seq_len,
-        seed=seed,
-    )
+    base = base_train_config(config, seed)
 
     def on_trial(record: dict[str, Any]) -> None:
         log(
@@ -384,23 +398,25 @@ def _run_window(
         log=log,
         folds=window.folds,
     )
-    model, model_config = load_trial_model(directory, result.best_trial)
-    spec = get_spec(config.model)
-    hyper = {**config.fixed, **result.best_params}
-    train_config = dataclasses.replace(base, **split_hyperparameters(spec, hyper)[1])
-    layout = layout_for(spec, model_config, train_config)
-    signal = layout.predict(model, data, window.test)
+    ensemble = members(
+        config.model, directory, result, config.ensemble, base=base, fixed=config.fixed
+    )
+    best = ensemble[0]
+    # the top `config.ensemble` trials' positions averaged (one trial: the argmax)
+    signal = ensemble_positions(config.model, ensemble, data, window.test)
     shutil.copyfile(directory / "trials" / f"{result.best_trial}.pt", directory / "model.pt")
-    _explain_window(config.model, model, data, window.test, train_config, directory)
+    _explain_window(config.model, best.model, data, window.test, best.train_config, directory)
     _write_json(
         directory / "best.json",
         {
             "trial": result.best_trial,
-            "params": hyper,
+            "params": best.hyper,
             # selected on valid_score; the gross and net Sharpe of the same epoch beside it
             "valid_score": result.best_value,
             "valid_sharpe": result.best_attrs.get("valid_sharpe", result.best_value),
             "valid_net_sharpe": result.best_attrs.get("valid_net_sharpe", result.best_value),
+            # the trials whose positions `test_sharpe` and the signals average, best first
+            "members": [{"trial": m.trial, "score": m.score} for m in ensemble],
             "test_sharpe": _window_sharpe(features, window.test, signal),
             "train_rows": [int(window.train[0]), int(window.train[-1])],
             "valid_rows": [int(window.valid[0]), int(window.valid[-1])],
@@ -411,6 +427,22 @@ def _run_window(
     frame = _long(features, window.test, signal, seed=seed, window=window.name)
     _write_parquet(directory / "signals.parquet", frame)  # written last: the window is done
     return frame
+
+
+def seed_average(oos: pd.DataFrame) -> pd.DataFrame:
+    """The seeds' signals averaged per (date, ticker) into one strategy (``seed`` 0), its
+    captured return recomputed from the averaged signal (eq. 1); as the papers average
+    several runs of a model."""
+    keys = ["date", "ticker", "window"] if "window" in oos.columns else ["date", "ticker"]
+    averaged = (
+        oos.groupby(keys, sort=True)
+        .agg(signal=("signal", "mean"), vol=("vol", "first"), next_return=("next_return", "first"))
+        .reset_index()
+    )
+    signal, nxt, vol = (averaged[c].to_numpy()[:, None] for c in ("signal", "next_return", "vol"))
+    averaged["captured"] = captured_returns(signal, nxt, vol)[:, 0]  # (rows, 1) panels
+    averaged["seed"] = 0
+    return averaged[[c for c in oos.columns if c in averaged.columns]]
 
 
 # model name -> file written into each window directory and averaged into RUN/explain/
@@ -564,6 +596,8 @@ def run_backtest(
         frames = _run_windows(config, data, universe, windows, out, log)
 
     oos = pd.concat(frames, ignore_index=True)
+    if config.seed_ensemble:
+        oos = seed_average(oos)
     _write_parquet(out / "oos.parquet", oos)
     rows = np.flatnonzero(features.dates.isin(pd.DatetimeIndex(oos["date"].unique())))
     _write_parquet(out / "benchmarks.parquet", _benchmarks(features, rows))

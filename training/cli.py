@@ -104,6 +104,19 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
         "net of --select-cost (default), or the validation value of the training loss",
     )
     p.add_argument(
+        "--ensemble",
+        type=int,
+        default=5,
+        metavar="K",
+        help="average the positions of each window's top K trials (default 5; 1: the best "
+        "trial alone); an export averages them inside one graph",
+    )
+    p.add_argument(
+        "--seed-ensemble",
+        action="store_true",
+        help="average the seeds' positions into one strategy instead of reporting each seed",
+    )
+    p.add_argument(
         "--valid-fraction",
         type=float,
         default=0.1,
@@ -295,6 +308,8 @@ def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
         valid_folds=args.valid_folds,
         features=args.features,
         index=args.index,
+        ensemble=args.ensemble,
+        seed_ensemble=args.seed_ensemble,
         seq_len=args.seq_len,
         fixed=args.fixed,
         sectors=args.sectors,

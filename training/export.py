@@ -14,6 +14,8 @@ so the service has no per-model code:
   returns its last-step variable-selection weights and attention row.
 * panel (QuantNet): the assets axis moves behind time and the model splits it
   into markets itself (index buffers in the graph); the last step is kept.
+* an ensemble (`training.ensemble.Ensemble`): the members' wrappers, each on the
+  last ``lookback`` steps of the window, averaged inside the graph.
 
 `export_onnx` writes one self-contained file with the dynamo exporter (symbolic
 batch axis, no external data, a stated opset), checks it with `onnx.checker`,
@@ -226,8 +228,42 @@ class PanelServing(ServingModule):
         return positions_of(self.model(x))[:, -1]  # (batch, assets)
 
 
+class EnsembleServing(ServingModule):
+    """Members' wrappers averaged: each reads the last ``lookback`` steps of the window.
+
+    Extra outputs (SLP attributions, TFT weights) are averaged too when every member gives
+    them in one shape; a TFT's attention row has one entry per step of the member's own
+    window, so members of different lookbacks serve positions only.
+    """
+
+    def __init__(self, members: Sequence[ServingModule], lookbacks: Sequence[int]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.lookbacks = tuple(lookbacks)
+        first = members[0].outputs
+        same = len(set(self.lookbacks)) == 1 and all(m.outputs == first for m in members)
+        self.outputs = tuple(first) if same else (_POSITIONS,)
+
+    def forward(self, features: Tensor) -> Tensor | tuple[Tensor, ...]:
+        steps = features.shape[2]
+        results = []
+        for member, lookback in zip(self.members, self.lookbacks, strict=True):
+            out = member(features[:, :, steps - lookback :, :])
+            results.append(out if isinstance(out, tuple) else (out,))
+        averaged = tuple(
+            torch.stack([r[i] for r in results]).mean(dim=0) for i in range(len(self.outputs))
+        )
+        return averaged if len(averaged) > 1 else averaged[0]
+
+
 def serving_module(name: str, model: nn.Module, n_assets: int) -> ServingModule:
-    """The contract wrapper of registry model `name` (its ``outputs`` attribute lists outputs)."""
+    """The contract wrapper of registry model `name` (its ``outputs`` attribute lists outputs);
+    an `training.ensemble.Ensemble` of them averages its members' wrappers."""
+    from training.ensemble import Ensemble
+
+    if isinstance(model, Ensemble):
+        wrappers = [serving_module(name, m, n_assets) for m in model.members]
+        return EnsembleServing(wrappers, model.lookbacks)
     layout = get_spec(name).layout
     if isinstance(model, Slp):
         return SlpServing(model)

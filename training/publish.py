@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from momentum.features import Features
 from momentum.manifest import (
     QUANTILE_LEVELS,
     DriftBaseline,
+    EnsembleMember,
     Manifest,
     OnnxInfo,
     TrainingWindow,
@@ -42,11 +44,17 @@ from momentum.manifest import (
 from momentum.metrics import max_drawdown, sharpe_ratio
 from momentum.portfolio import portfolio_returns, strategy_returns, target_weights, turnover
 from momentum.registry import ModelVersion, publish, version_id
-from training.backtest import BacktestConfig, run_features, search_split, universe_for
+from training.backtest import (
+    BacktestConfig,
+    base_train_config,
+    run_features,
+    search_split,
+    universe_for,
+)
 from training.datasets import ModelData
+from training.ensemble import Ensemble, Member, members
 from training.export import ExportedGraph, export_onnx, onnx_session
 from training.models import Universe, get_spec
-from training.search import load_trial_model
 from training.splits import final_split
 from training.train import split_hyperparameters
 
@@ -59,6 +67,16 @@ def lookback_of(name: str, model_config: Any, hyper: dict[str, Any], default_seq
         return int(model_config.lookback)
     train_part = split_hyperparameters(get_spec(name), hyper)[1]
     return int(train_part.get("seq_len", default_seq_len))
+
+
+def _member(member: Member) -> EnsembleMember:
+    return EnsembleMember(
+        trial=member.trial,
+        score=_finite_or_none(member.score),
+        lookback=member.lookback,
+        hyperparameters=member.hyper,
+        config=dataclasses.asdict(member.model_config),
+    )
 
 
 def window_directory(run: Path, seed: int, window: str) -> Path:
@@ -149,9 +167,7 @@ def _publish(
     *,
     name: str,
     architecture: str,
-    model: nn.Module,
-    model_config: Any,
-    lookback: int,
+    ensemble: list[Member],
     prices: pd.DataFrame,
     data_source: str,
     features: Features,
@@ -159,7 +175,6 @@ def _publish(
     universe: Universe,
     train_rows: np.ndarray,
     valid_rows: np.ndarray,
-    hyper: dict[str, Any],
     seeds: list[int],
     metrics: dict[str, float | None],
     source: dict[str, Any],
@@ -168,6 +183,12 @@ def _publish(
     log: Callable[[str], None],
 ) -> ModelVersion:
     spec = get_spec(architecture)
+    best = ensemble[0]
+    model: nn.Module = best.model if len(ensemble) == 1 else Ensemble.of(ensemble)
+    model_config, hyper = best.model_config, best.hyper
+    lookback = max(m.lookback for m in ensemble)
+    if len(ensemble) > 1:
+        log(f"an ensemble of {len(ensemble)} trials {[m.trial for m in ensemble]}")
     with tempfile.TemporaryDirectory() as tmp:
         log(f"exporting {architecture} ({universe.n_assets} assets, lookback {lookback})")
         graph = export_onnx(
@@ -227,6 +248,7 @@ def _publish(
             parity_max_abs_diff=graph.parity_max_abs_diff,
             parity_tolerance=graph.parity_tolerance,
             source=source,
+            members=None if len(ensemble) == 1 else [_member(m) for m in ensemble],
         )
         version = publish(registry, graph.path, manifest)
     log(f"published {name} {version.version} -> {version.path}")
@@ -285,11 +307,18 @@ def export_window(
     config = BacktestConfig.from_resolved(json.loads(config_path.read_text()))
     directory = window_directory(run, seed, window)
     best = json.loads((directory / "best.json").read_text())
-    model, model_config = load_trial_model(directory, best["trial"])
+    # the window's ensemble as the backtest averaged it (runs before ensembles: the best)
+    ranked = [(m["trial"], m["score"]) for m in best.get("members", [])]
+    ensemble = members(
+        config.model,
+        directory,
+        ranked or [(best["trial"], best.get("valid_score", math.nan))],
+        len(ranked) or 1,
+        base=base_train_config(config, seed),
+        fixed=config.fixed,
+    )
     prices, features, index = run_features(config)
     universe = universe_for(config, features)
-    hyper = dict(best["params"])
-    lookback = lookback_of(config.model, model_config, hyper, config.seq_len)
     train = np.arange(best["train_rows"][0], best["train_rows"][1] + 1)
     valid = np.arange(best["valid_rows"][0], best["valid_rows"][1] + 1)
     metrics = {
@@ -299,9 +328,7 @@ def export_window(
     return _publish(
         name=name or config.name,
         architecture=config.model,
-        model=model,
-        model_config=model_config,
-        lookback=lookback,
+        ensemble=ensemble,
         prices=prices,
         data_source=config.data,
         features=features,
@@ -309,7 +336,6 @@ def export_window(
         universe=universe,
         train_rows=train,
         valid_rows=valid,
-        hyper=hyper,
         seeds=[seed],
         metrics=metrics,
         source={"run": str(run.resolve()), "seed": seed, "window": directory.name, **best},
@@ -353,14 +379,18 @@ def export_production(
     result, _ = search_split(
         config, data, universe, train, valid, seed=seed, directory=out, log=log, folds=folds
     )
-    model, model_config = load_trial_model(out, result.best_trial)
-    hyper = {**config.fixed, **result.best_params}
+    ensemble = members(
+        config.model,
+        out,
+        result,
+        config.ensemble,
+        base=base_train_config(config, seed),
+        fixed=config.fixed,
+    )
     return _publish(
         name=name or config.name,
         architecture=config.model,
-        model=model,
-        model_config=model_config,
-        lookback=lookback_of(config.model, model_config, hyper, config.seq_len),
+        ensemble=ensemble,
         prices=prices,
         data_source=config.data,
         features=features,
@@ -368,7 +398,6 @@ def export_production(
         universe=universe,
         train_rows=train,
         valid_rows=valid,
-        hyper=hyper,
         seeds=[seed],
         metrics={
             "valid_sharpe": result.best_attrs.get("valid_sharpe", result.best_value),

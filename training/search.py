@@ -115,6 +115,9 @@ class SearchResult:
     best_attrs : dict
         The best trial's user attributes: its gross and net validation Sharpe
         (``valid_sharpe``, ``valid_net_sharpe``), best epoch, how it stopped.
+    ranked : tuple of (int, float)
+        Every COMPLETE trial as ``(number, value)``, best first (ties: lower number
+        first), for ensembles of the top trials.
     """
 
     best_params: dict[str, Any]
@@ -123,6 +126,7 @@ class SearchResult:
     n_complete: int
     directory: Path
     best_attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ranked: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -545,7 +549,10 @@ def run_search(
             f"search {study_name!r} ended with {len(complete)} of {n_trials} complete trials: "
             f"{reason}; see {directory / STUDY_FILE}"
         )
-    best = max(complete, key=lambda t: t.value if t.value is not None else -math.inf)
+    ranked = sorted(
+        complete, key=lambda t: (-(t.value if t.value is not None else -math.inf), t.number)
+    )
+    best = ranked[0]
     return SearchResult(
         best_params=dict(best.params),
         best_value=float(best.value) if best.value is not None else math.nan,
@@ -553,6 +560,9 @@ def run_search(
         n_complete=len(complete),
         directory=directory,
         best_attrs=dict(best.user_attrs),
+        ranked=tuple(
+            (t.number, float(t.value) if t.value is not None else math.nan) for t in ranked
+        ),
     )
 
 

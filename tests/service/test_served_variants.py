@@ -1,5 +1,7 @@
-"""A model trained on the extended features (the RNN equities paper's set) is exported and
-served: the service stores the index series beside the closes and gives the backtest's positions."""
+"""Variants of a trained model the service serves with no code of its own: a model on the
+extended features (the RNN equities paper's set; the service stores the index series beside the
+closes) and an ensemble of a search's top trials (averaged inside one graph). Each replays with
+the backtest's positions."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from momentum.features import FeatureConfig
 from momentum.manifest import ManifestError, check_manifest
@@ -16,26 +19,16 @@ from service.cli import main
 from service.model import ModelRefused, load_model
 
 
-@pytest.fixture(scope="module")
-def extended_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny SLP backtest on the extended features (tested 2021-2022), exported."""
+def _exported(root, **config: Any) -> dict[str, Any]:
+    """A tiny SLP backtest on the embedded data (tested 2021-2022), its 2021 window exported."""
     from momentum.registry import promote
     from training.backtest import BacktestConfig, run_backtest
     from training.publish import export_window
 
-    root = tmp_path_factory.mktemp("extended")
-    config = BacktestConfig(
-        model="slp",
-        label="slp-extended",
-        features="extended",
-        first_test_year=2021,
-        step_years=2,
-        seeds=1,
-        trials=1,
-        epochs=2,
-        fixed={"lr": 1e-3, "l1": 1e-2, "lookback": 5},
+    backtest = BacktestConfig(
+        model="slp", first_test_year=2021, step_years=2, seeds=1, epochs=2, **config
     )
-    run = run_backtest(config, root / "run", log=lambda _: None, report=False)
+    run = run_backtest(backtest, root / "run", log=lambda _: None, report=False)
     registry = root / "registry"
     version = export_window(run, registry=registry, log=lambda _: None)
     promote(registry, version.name, version.version)
@@ -48,13 +41,48 @@ def extended_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def env(extended_run, clean_env, monkeypatch):
-    monkeypatch.setenv("MOMENTUM_REGISTRY_DIR", str(extended_run["registry"]))
-    monkeypatch.setenv("MOMENTUM_MODEL_NAME", extended_run["name"])
+@pytest.fixture(scope="module")
+def extended_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _exported(
+        tmp_path_factory.mktemp("extended"),
+        label="slp-extended",
+        features="extended",
+        trials=1,
+        fixed={"lr": 1e-3, "l1": 1e-2, "lookback": 5},
+    )
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # three trials differing in what the search draws besides the pinned lr and l1
+    return _exported(
+        tmp_path_factory.mktemp("ensemble"),
+        label="slp-ensemble",
+        trials=3,
+        ensemble=3,
+        fixed={"lr": 1e-3, "l1": 1e-2},
+    )
+
+
+def _serve(monkeypatch, clean_env, run) -> None:
+    monkeypatch.setenv("MOMENTUM_REGISTRY_DIR", str(run["registry"]))
+    monkeypatch.setenv("MOMENTUM_MODEL_NAME", run["name"])
     monkeypatch.setenv("MOMENTUM_DATA_DIR", str(clean_env / "var"))
     monkeypatch.setenv("MOMENTUM_DEVICE", "cpu")
-    return clean_env
+
+
+def _replay_matches_the_backtest(env, run, capsys) -> sa.Engine:
+    """Replay 2022-12-01..09 through the CLI; the stored positions are the backtest's."""
+    assert main(["replay", "--from", "2022-12-01", "--to", "2022-12-09"]) == 0
+    out = capsys.readouterr().out
+    days = [line for line in out.splitlines() if line.startswith("2022-12-")]
+    assert len(days) == 7 and all(" succeeded " in d for d in days), out
+    engine = store.create_engine(f"sqlite:///{env / 'var' / 'momentum.db'}")
+    for day in ("2022-12-01", "2022-12-09"):
+        stored = store.latest_positions(engine, run["name"], as_of=day)["signal"]
+        expected = run["signals"].loc[pd.Timestamp(day), stored.index]
+        np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-5)
+    return engine
 
 
 def test_the_manifest_records_the_extended_features_and_their_index(extended_run):
@@ -69,21 +97,13 @@ def test_the_manifest_records_the_extended_features_and_their_index(extended_run
         check_manifest(broken)
 
 
-def test_a_replay_serves_the_backtests_positions_with_the_index_stored(env, extended_run, capsys):
-    assert main(["replay", "--from", "2022-12-01", "--to", "2022-12-09"]) == 0
-    out = capsys.readouterr().out
-    days = [line for line in out.splitlines() if line.startswith("2022-12-")]
-    assert len(days) == 7 and all(" succeeded " in d for d in days), out
-    engine = store.create_engine(f"sqlite:///{env / 'var' / 'momentum.db'}")
+def test_a_replay_serves_the_backtests_positions_with_the_index_stored(
+    extended_run, clean_env, monkeypatch, capsys
+):
+    _serve(monkeypatch, clean_env, extended_run)
+    engine = _replay_matches_the_backtest(clean_env, extended_run, capsys)
     index = store.read_closes(engine, start="2022-12-01", end="2022-12-09", tickers=["SP500"])
     assert index["SP500"].notna().all() and len(index) == 7
-    for day in ("2022-12-01", "2022-12-09"):
-        stored = store.latest_positions(engine, extended_run["name"], as_of=day)["signal"]
-        expected = extended_run["signals"].loc[pd.Timestamp(day), stored.index]
-        np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-5)
-    # the first cycle checked parity against the full-history recompute (index included)
-    runs = store.read_cycle_runs(engine)
-    assert runs["status"].eq("succeeded").all()
 
 
 def test_a_service_storing_another_index_refuses_the_model(extended_run):
@@ -93,3 +113,15 @@ def test_a_service_storing_another_index_refuses_the_model(extended_run):
         load_model(extended_run["registry"], extended_run["name"], device="cpu")
     model = load_model(extended_run["registry"], extended_run["name"], index="SP500", device="cpu")
     assert model.manifest.features.index == "SP500"
+
+
+def test_an_ensemble_is_one_graph_the_service_replays_with_the_backtests_positions(
+    ensemble_run, clean_env, monkeypatch, capsys
+):
+    members = ensemble_run["manifest"].members
+    assert members is not None and len(members) == 3
+    assert [m.score for m in members] == sorted((m.score for m in members), reverse=True)
+    assert len({m.trial for m in members}) == 3
+    assert ensemble_run["manifest"].lookback == max(m.lookback for m in members)
+    _serve(monkeypatch, clean_env, ensemble_run)
+    _replay_matches_the_backtest(clean_env, ensemble_run, capsys)
