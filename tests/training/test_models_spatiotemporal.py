@@ -29,15 +29,21 @@ SPATIOTEMPORAL: list[tuple[type[nn.Module], Callable[..., Any]]] = [
 ]
 ST_IDS = ["slp", "mlp", "cnn", "lstm"]
 
-# every encoder/decoder pairing, with and without the transfer layer omega
-PANEL_VARIANTS = [
+# every encoder/decoder pairing, with and without the transfer layer omega, plus an LSTM
+# omega (QuantNet Table A2's *-LSTM columns) with stacked layers
+PANEL_VARIANTS: list[dict[str, Any]] = [
     {"encoder": enc, "decoder": dec, "transfer": transfer}
     for enc in ("lstm", "linear")
     for dec in ("lstm", "linear")
     for transfer in (True, False)
+] + [
+    {"encoder": "linear", "transfer": True, "transfer_layer": "lstm", "transfer_layers": 2},
+    {"encoder": "lstm", "transfer": True, "transfer_layer": "lstm", "layers": 2, "dropout": 0.2},
 ]
 PANEL_IDS = [
-    f"{v['encoder']}-{v['decoder']}-{'qn' if v['transfer'] else 'nt'}" for v in PANEL_VARIANTS
+    f"{v['encoder']}-{v.get('decoder', v['encoder'])}-{'qn' if v['transfer'] else 'nt'}"
+    + ("-lstm_omega" if v.get("transfer_layer") == "lstm" else "")
+    for v in PANEL_VARIANTS
 ]
 
 # the brief's shuffled markets: sizes 1, 3, 2 spread over 6 asset columns
@@ -198,7 +204,7 @@ def test_paper_defaults():
 @pytest.mark.parametrize("module", [slp, mlp, cnn, lstm, quantnet])
 def test_search_space_keys_are_config_fields_or_training_knobs(module):
     config_fields = set(type(module.tiny()).__dataclass_fields__)
-    training_knobs = {"lr", "batch_size", "max_grad_norm", "k"}
+    training_knobs = {"lr", "batch_size", "max_grad_norm", "k", "optimizer"}
     assert module.SEARCH_SPACE, "empty search space"
     for key, values in module.SEARCH_SPACE.items():
         assert key in config_fields | training_knobs, key
@@ -284,7 +290,8 @@ def test_dense_layers_use_glorot_uniform_and_zero_bias():
         Mlp(mlp.tiny()).head,
         Cnn(cnn.tiny()).hidden,
         Cnn(cnn.tiny()).head,
-        Cnn(cnn.tiny()).conv.conv,
+        Cnn(cnn.tiny()).conv1.conv,
+        Cnn(cnn.tiny()).conv2.conv,
         Lstm(lstm.tiny()).head,
     ]
     for layer in dense_layers:
@@ -315,14 +322,21 @@ def test_quantnet_keras_init():
 
 
 def test_cnn_causal_convolution_hand_case():
-    # one asset, one feature, one filter, kernel 2 with weights (older=1, current=2), zero bias:
-    # left padding gives [0, 1, 2, 3] -> outputs relu(0*1 + 1*2, 1*1 + 2*2, 2*1 + 3*2) = 2, 5, 8
+    # one asset, one feature, one filter, kernel 2, zero biases (STMOM eq. 15, sigma = tanh).
+    # Layer 1, weights (older=1, current=2): left padding gives [0, 1, 2, 3] ->
+    # c1 = tanh(0*1 + 1*2, 1*1 + 2*2, 2*1 + 3*2) = tanh(2, 5, 8).
+    # Layer 2, weights (older=1, current=0): each step sees the previous one, padded with 0 ->
+    # c2 = tanh(0, c1[0], c1[1]).
     model = Cnn(CnnConfig(n_assets=1, n_features=1, lookback=3, kernel_size=2, filters=1, hidden=2))
     with torch.no_grad():
-        model.conv.conv.weight.copy_(torch.tensor([[[1.0, 2.0]]]))
-        model.conv.conv.bias.zero_()
+        model.conv1.conv.weight.copy_(torch.tensor([[[1.0, 2.0]]]))
+        model.conv2.conv.weight.copy_(torch.tensor([[[1.0, 0.0]]]))
+        model.conv1.conv.bias.zero_()
+        model.conv2.conv.bias.zero_()
     x = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 1, 3, 1)
-    torch.testing.assert_close(model.conv_features(x), torch.tensor([[[2.0, 5.0, 8.0]]]))
+    c1 = torch.tanh(torch.tensor([2.0, 5.0, 8.0]))
+    expected = torch.tanh(torch.stack([torch.tensor(0.0), c1[0], c1[1]])).reshape(1, 1, 3)
+    torch.testing.assert_close(model.conv_features(x), expected)
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 12])
@@ -507,11 +521,35 @@ def test_quantnet_market_validation(markets, match):
         ("n_features", 0),
         ("dropout", 1.0),
         ("transfer", "yes"),
+        ("transfer_layer", "gru"),
+        ("layers", 0),
+        ("transfer_layers", 0),
+        ("transfer_dropout", 1.0),
     ],
 )
 def test_quantnet_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
         QuantNetConfig(markets=((0,), (1, 2)), **{field: value})
+
+
+def test_quantnet_decoder_follows_the_encoder_and_is_as_wide_as_its_market():
+    # QuantNet Table A2 pairs encoder and decoder kinds; section 4 sizes the decoder by the
+    # market's number of assets
+    config = QuantNetConfig(markets=((0,), (1, 2, 3)), n_features=2, encoder="linear")
+    assert config.decoder_kind == "linear"
+    assert QuantNetConfig(markets=((0,),), decoder="lstm").decoder_kind == "lstm"
+    model = QuantNet(config)
+    assert [net.decoder.kind for net in model.market_nets] == ["linear", "linear"]
+    assert [net.head.in_features for net in model.market_nets] == [1, 3]
+
+
+def test_quantnet_lstm_omega_is_one_stacked_lstm_shared_by_every_market():
+    config = quantnet.tiny(transfer_layer="lstm", transfer_layers=2)
+    model = QuantNet(config)
+    assert isinstance(model.omega, nn.Module) and model.omega.lstm.num_layers == 2
+    omega_params = {id(p) for p in model.omega.parameters()}
+    for net in model.market_nets:
+        assert not omega_params & {id(p) for p in net.parameters()}
 
 
 def test_quantnet_config_normalises_lists_and_counts_assets():
@@ -539,8 +577,16 @@ def test_spatiotemporal_onnx_export(model_cls, tiny, tmp_path):
     np.testing.assert_allclose(run(x), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("transfer", [True, False], ids=["quantnet", "no_transfer"])
-def test_quantnet_onnx_export(transfer, tmp_path):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"transfer": True},
+        {"transfer": False},
+        {"transfer": True, "transfer_layer": "lstm", "transfer_layers": 2, "layers": 2},
+    ],
+    ids=["quantnet", "no_transfer", "quantnet_lstm_omega"],
+)
+def test_quantnet_onnx_export(variant, tmp_path):
     # Only the batch axis is dynamic, as in the serving contract (seq = the fixed lookback).
     # torch 2.13 caveat: a second dynamo export of an nn.LSTM in one process silently
     # specialises a dynamic sequence axis, so this test does not mark `seq` dynamic.
@@ -550,7 +596,7 @@ def test_quantnet_onnx_export(transfer, tmp_path):
         n_features=3,
         encoder_hidden=5,
         decoder_hidden=4,
-        transfer=transfer,
+        **variant,
     )
     model = QuantNet(config).eval()
     example = _panel_input(config, batch=2, seq=6)

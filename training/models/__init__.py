@@ -131,7 +131,7 @@ REGISTRY: dict[str, ModelSpec] = {
         quantnet.QuantNetConfig,
         quantnet.QuantNet,
         "panel",
-        quantnet.SEARCH_SPACE,
+        quantnet.NO_TRANSFER_SEARCH_SPACE,
         lambda **overrides: quantnet.tiny(**{"transfer": False, **overrides}),
         defaults={"transfer": False},
     ),

@@ -1,13 +1,24 @@
 """Causal 1-D CNN for spatio-temporal momentum (Tan, Roberts, Zohren 2023, eqs. 15-16).
 
 The window of all N assets' d features is read as a multichannel time series with
-N * d channels (channel ``a * n_features + f`` = feature ``f`` of asset ``a``):
+N * d channels (channel ``a * n_features + f`` = feature ``f`` of asset ``a``), the
+tau x m' input of STMOM Appendix A.1:
 
-    c_s = ReLU( sum_{j=0}^{k-1} K_j u_{s-j} + b_c )        (eq. 15, causal: step s sees <= s)
-    p   = (1 / tau) sum_s c_s                             (eq. 16, average pooling over time)
-    X   = tanh(W_o^T dropout(tanh(W_h^T p + b_h)) + b_o)  (MLP head, N positions)
+    c1 = tanh(W_c1 * u + b_c1)                          (eq. 15, first causal convolution)
+    c2 = tanh(W_c2 * c1 + b_c2)                         (eq. 15, second causal convolution)
+    h  = P c2 = (1 / tau) sum_s c2_s                    (eq. 15, average pooling over time)
+    X  = tanh(W_o^T dropout(tanh(W_h^T h + b_h)) + b_o)  (eq. 16, the MLP of eq. 7)
 
-Left padding of k - 1 zeros keeps every step causal and the output length equal to tau.
+``*`` is a causal convolution over time: left padding of k - 1 zeros keeps step s
+dependent on steps <= s only and the output length equal to tau.
+
+What still differs from STMOM, and why:
+
+* Kernel size and number of filters: the paper states neither; both are searched here
+  (``kernel_size``, ``filters``), the filters over Table 8's hidden sizes.
+* Pooling: the paper's P "performs a downsampling step" of unstated size; here it averages
+  over the whole window, so the head sees one vector whatever tau is.
+* Dropout: the paper does not say where it sits; here it is on the head's hidden layer.
 """
 
 from __future__ import annotations
@@ -19,15 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.grids import CAPACITY, OPTIMISATION
+from training.models.grids import STMOM_CAPACITY, STMOM_OPTIMISATION
 
-# Random-search grid after STMOM Table 8 (plus the CNN's kernel size and filters). Keys that
-# are not config fields belong to the training loop.
+# Random-search grid of STMOM Table 8, plus the CNN's kernel size and filters, which the paper
+# does not state. Keys that are not config fields belong to the training loop.
 SEARCH_SPACE: dict[str, list] = {
     "kernel_size": [2, 3, 4, 5],
     "filters": [5, 10, 20, 40, 80, 160],
-    **CAPACITY,
-    **OPTIMISATION,
+    **STMOM_CAPACITY,
+    **STMOM_OPTIMISATION,
 }
 
 
@@ -42,12 +53,12 @@ class CnnConfig:
     n_features : int
         d, features per asset and day.
     lookback : int
-        tau, days of history in the input window.
+        tau, days of history in the input window (63, STMOM Table 7).
     kernel_size : int
-        k, width of the causal convolution in days (may exceed ``lookback``: the
+        k, width of both causal convolutions in days (may exceed ``lookback``: the
         zero padding then stands in for the missing history).
     filters : int
-        Output channels of the convolution.
+        Output channels of each convolution.
     hidden : int
         Width of the hidden tanh layer of the head.
     dropout : float
@@ -56,7 +67,7 @@ class CnnConfig:
 
     n_assets: int
     n_features: int = 8
-    lookback: int = 5
+    lookback: int = 63
     kernel_size: int = 3
     filters: int = 20
     hidden: int = 20
@@ -88,7 +99,7 @@ def tiny(**overrides: Any) -> CnnConfig:
 
 
 class CausalConv1d(nn.Module):
-    """Eq. 15: a 1-D convolution over time whose step s only sees steps <= s, then ReLU.
+    """One layer of eq. 15: a convolution over time, step s seeing steps <= s only, then tanh.
 
     Initialisation follows tf.keras ``Conv1D``: glorot-uniform kernel, zero bias.
 
@@ -110,14 +121,11 @@ class CausalConv1d(nn.Module):
         """``(batch, in_channels, time)`` -> ``(batch, out_channels, time)``."""
         # pad the past only (Keras padding="causal"): output s combines inputs s-k+1 .. s
         padded = F.pad(x, (self.left_pad, 0))  # (batch, in_channels, left_pad + time)
-        return torch.relu(self.conv(padded))
+        return torch.tanh(self.conv(padded))  # sigma = tanh (eq. 15)
 
 
 class Cnn(nn.Module):
-    """Spatio-temporal CNN: causal convolution, average pooling over time, MLP head.
-
-    The activation of eq. 15 is taken to be ReLU (the Keras CNN default in momentum
-    papers); the head uses tanh like the MLP. Dropout sits on the head's hidden layer.
+    """Spatio-temporal CNN: two causal tanh convolutions, average pooling over time, MLP head.
 
     Parameters
     ----------
@@ -128,9 +136,10 @@ class Cnn(nn.Module):
     def __init__(self, config: CnnConfig) -> None:
         super().__init__()
         self.config = config
-        self.conv = CausalConv1d(
+        self.conv1 = CausalConv1d(
             config.n_assets * config.n_features, config.filters, config.kernel_size
         )
+        self.conv2 = CausalConv1d(config.filters, config.filters, config.kernel_size)
         self.hidden = nn.Linear(config.filters, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.n_assets)
@@ -139,7 +148,7 @@ class Cnn(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def conv_features(self, x: Tensor) -> Tensor:
-        """Causal convolution features at every step (eq. 15), before pooling.
+        """The second convolution's features at every step (eq. 15), before pooling.
 
         Parameters
         ----------
@@ -161,7 +170,7 @@ class Cnn(nn.Module):
         channels = channels.reshape(
             x.shape[0], -1, cfg.lookback
         )  # (batch, assets*features, lookback)
-        return self.conv(channels)  # (batch, filters, lookback)
+        return self.conv2(self.conv1(channels))  # (batch, filters, lookback)
 
     def forward(self, x: Tensor) -> Tensor:
         """Positions for the last day of the window.
@@ -176,6 +185,7 @@ class Cnn(nn.Module):
         Tensor
             ``(batch, n_assets)`` positions in [-1, 1].
         """
-        pooled = self.conv_features(x).mean(dim=-1)  # eq. 16: (batch, filters)
+        pooled = self.conv_features(x).mean(dim=-1)  # P of eq. 15: (batch, filters)
+        # eq. 16: the MLP of eq. 7 on the pooled features
         h = self.dropout(torch.tanh(self.hidden(pooled)))  # (batch, hidden)
         return torch.tanh(self.head(h))  # (batch, n_assets)

@@ -12,6 +12,15 @@ eqs. 17-23 are the standard LSTM cell plus a time-distributed head:
     X_s = tanh(W_x^T dropout(h_s) + b_x)           head, N outputs at every step
 
 ``forward`` returns X at the last step, the date being decided.
+
+What still differs from STMOM, and why:
+
+* Training sees the last step only. Eq. 23 maps the window to a tau x N sequence of signals,
+  so the loss could use every step; that needs the spatio-temporal layout
+  (``training.datasets``) to carry each window's tau labels, masks and leverages, and a
+  Sharpe / turnover reduction over (dates, steps, assets), which the one training loop
+  does not have. ``forward_sequence`` already gives every step.
+* Dropout: the paper does not say where it sits; here it is on the LSTM outputs.
 """
 
 from __future__ import annotations
@@ -22,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.models.grids import CAPACITY, OPTIMISATION
+from training.models.grids import STMOM_CAPACITY, STMOM_OPTIMISATION
 from training.models.layers import init_keras_lstm_
 
-# Random-search grid after STMOM Table 8. Keys that are not config fields belong to the
-# training loop.
-SEARCH_SPACE: dict[str, list] = {**CAPACITY, **OPTIMISATION}
+# Random-search grid of STMOM Table 8. Keys that are not config fields belong to the training
+# loop.
+SEARCH_SPACE: dict[str, list] = {**STMOM_CAPACITY, **STMOM_OPTIMISATION}
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class LstmConfig:
     n_features : int
         d, features per asset and day.
     lookback : int
-        tau, the number of steps the LSTM unrolls over.
+        tau, the number of steps the LSTM unrolls over (63, STMOM Table 7).
     hidden : int
         LSTM state size.
     dropout : float
@@ -50,7 +59,7 @@ class LstmConfig:
 
     n_assets: int
     n_features: int = 8
-    lookback: int = 5
+    lookback: int = 63
     hidden: int = 20
     dropout: float = 0.3
 

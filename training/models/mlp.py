@@ -7,6 +7,9 @@ hidden tanh layer before the multitask tanh head:
 
 Flatten order as in ``slp.py``: input asset ``a``, step ``t`` (0 = oldest) and
 feature ``f`` sit at position ``(a * lookback + t) * n_features + f`` of u.
+
+What still differs from STMOM (eq. 7, Tables 7-8), and why: the paper does not say where its
+dropout sits; here it is on the hidden layer, the only place between the two dense layers.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.models.grids import CAPACITY, OPTIMISATION
+from training.models.grids import STMOM_CAPACITY, STMOM_OPTIMISATION
 
-# Random-search grid after STMOM Table 8. Keys that are not config fields belong to the
-# training loop.
-SEARCH_SPACE: dict[str, list] = {**CAPACITY, **OPTIMISATION}
+# Random-search grid of STMOM Table 8 (no L1: eq. 11 penalises the SLP only). Keys that are not
+# config fields belong to the training loop.
+SEARCH_SPACE: dict[str, list] = {**STMOM_CAPACITY, **STMOM_OPTIMISATION}
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class MlpConfig:
     n_features : int
         d, features per asset and day.
     lookback : int
-        tau, days of history in the input window.
+        tau, days of history in the input window (5, STMOM Table 7).
     hidden : int
         Width of the hidden tanh layer.
     dropout : float

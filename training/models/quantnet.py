@@ -2,16 +2,40 @@
 
 Assets are grouped into markets (``markets[i]`` = the asset columns of market i; sizes
 may differ). For market i with N_i assets and features x_t^i in R^{N_i * d} at step t
-(QuantNet eqs. 4-6):
+(QuantNet eqs. 3-4, A4-A7):
 
     e_t^i = enc_i(x_{<=t}^i)              market-specific encoder: LSTM or Linear+tanh
-    g_t^i = omega e_t^i                   ONE global linear layer shared by all markets
-    d_t^i = dec_i(g_{<=t}^i)              market-specific decoder: LSTM or Linear+tanh
-    X_t^i = tanh(W_i d_t^i + b_i)         market-specific head, N_i positions
+    z_t^i = omega(e_{<=t}^i)              ONE transfer layer shared by all markets:
+                                          linear (eq. A5) or LSTM (Table A2, Appendix 8)
+    d_t^i = dec_i(z_{<=t}^i)              market-specific decoder, of the encoder's kind
+    X_t^i = tanh(W_i d_t^i + b_i)         market-specific head, N_i positions (eq. A7)
 
 omega is the transfer bottleneck: every market's gradient flows through it. With
 ``transfer=False`` ("No Transfer") omega is absent and e_t^i feeds the decoder directly.
 Every block is causal, so X_t depends only on inputs at steps <= t.
+
+The search follows Table A2: encoder/decoder kind and transfer-layer kind (its four
+columns), transfer-layer dimension {10, 25, 50, 100}, 1-2 LSTM layers and dropout 0.1-0.9
+for LSTM encoders/decoders and for an LSTM transfer layer, sequence length 21-504 and
+learning rate 1e-4 up to 0.5, trained with AMSGrad. Table A2 gives ranges; the random
+search draws from a list, so each range is a list of points that includes both ends.
+
+What still differs from QuantNet, and why:
+
+* Training steps: the paper takes 2000 steps, each on a minibatch of m markets at one
+  random time t (Algorithm 1); the one training loop here runs epochs over windows of all
+  markets, ``batch_size`` windows per step, early-stopped on validation.
+* Conditional ranges: Table A2 caps sequence length at 252 and batch size at 96 when an
+  LSTM is present, and learning rate at 0.1 for Linear-linear; a flat list cannot depend on
+  another key, so QuantNet's lists span the union (No Transfer's match its columns exactly).
+  Keys that do not apply to a draw (layers and dropout of a linear block or a linear
+  transfer layer) are ignored.
+* Inputs: the paper feeds each market's lagged returns; here every asset's d momentum
+  features (its normalised returns among them), the inputs all models of this project share.
+* Gradients are clipped (``TrainConfig.max_grad_norm``, per tensor); the paper does not say.
+* No Transfer is the encoder-decoder without omega, not the paper's single LSTM per market.
+* Where dropout sits, the kind of a linear block (Linear + tanh) and the decoder width (each
+  market's number of assets, from section 4) are not given in Table A2; our readings.
 """
 
 from __future__ import annotations
@@ -24,17 +48,35 @@ from torch import Tensor, nn
 
 from training.models.layers import init_keras_lstm_
 
-# Random-search grid after QuantNet Table A2. Keys that are not config fields belong to the
-# training loop (lr for AMSGrad, k = truncated-BPTT window, batch_size = markets per minibatch).
+# Table A2 dropout range 0.1-0.9, as a list
+_DROPOUTS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+# Random-search grid of QuantNet Table A2 (the four QuantNet columns). Keys that are not config
+# fields belong to the training loop: lr, k (= seq_len, the sequence length p and truncated-BPTT
+# window), batch_size (Table A2's batch size L) and optimizer (AMSGrad, QuantNet Appendix 2).
 SEARCH_SPACE: dict[str, list] = {
+    "encoder": ["lstm", "linear"],  # the decoder follows: Linear-* or LSTM-* columns
+    "transfer_layer": ["linear", "lstm"],  # *-linear or *-LSTM columns
+    "encoder_hidden": [10, 25, 50, 100],  # TL dimension (N)
+    "layers": [1, 2],  # E/D # layers
+    "dropout": _DROPOUTS,  # E/D dropout
+    "transfer_layers": [1, 2],  # TL # layers
+    "transfer_dropout": _DROPOUTS,  # TL dropout
+    "lr": [1e-4, 1e-3, 1e-2, 1e-1, 0.5],
+    "k": [21, 63, 126, 252, 504],
+    "batch_size": [16, 32, 64, 96, 128],
+    "optimizer": ["amsgrad"],
+}
+
+# Random-search grid of QuantNet Table A2's two No Transfer columns (Linear, LSTM).
+NO_TRANSFER_SEARCH_SPACE: dict[str, list] = {
     "encoder": ["lstm", "linear"],
-    "decoder": ["lstm", "linear"],
-    "encoder_hidden": [5, 10, 20, 40],
-    "decoder_hidden": [5, 10, 20, 40],
-    "dropout": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
-    "lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2],
-    "k": [21, 63, 126, 252],
-    "batch_size": [1, 5, 10, 20],
+    "layers": [1, 2],
+    "dropout": _DROPOUTS,
+    "lr": [1e-4, 1e-3, 1e-2, 1e-1],
+    "k": [21, 63, 126, 252, 504],
+    "batch_size": [16, 32, 64, 128],
+    "optimizer": ["amsgrad"],
 }
 
 BLOCK_KINDS = ("lstm", "linear")
@@ -51,47 +93,77 @@ class QuantNetConfig:
         ``0 .. n_assets - 1`` exactly. Lists are accepted and stored as tuples.
     n_features : int
         d, features per asset and step.
-    encoder, decoder : {"lstm", "linear"}
-        Kind of the market-specific encoder and decoder.
+    encoder : {"lstm", "linear"}
+        Kind of the market-specific encoders.
+    decoder : {"lstm", "linear"} or None
+        Kind of the market-specific decoders; None (the default) takes the encoder's kind,
+        as in every configuration of Table A2.
     encoder_hidden : int
-        Width of the encoder output and of omega (square).
-    decoder_hidden : int
-        Width of the decoder output.
+        Width of the encoder output and of omega (square): Table A2's TL dimension.
+    decoder_hidden : int or None
+        Width of the decoder output; None (the default) gives each market's decoder its
+        number of assets N_i (QuantNet section 4: "the same dimensionality as the decoder
+        architecture (number of assets)").
     transfer : bool
         True for QuantNet (with omega), False for the "No Transfer" model.
     dropout : float
-        Dropout rate on the encoder and decoder outputs, in [0, 1).
+        Dropout rate of LSTM encoders and decoders (Table A2's E/D dropout; a linear block has
+        none), on their outputs and between stacked layers, in [0, 1).
+    layers : int
+        Stacked layers of an LSTM encoder or decoder (Table A2's E/D # layers); a linear
+        block has one.
+    transfer_layer : {"linear", "lstm"}
+        Kind of omega: linear (eq. A5) or LSTM (Table A2's *-LSTM columns).
+    transfer_layers : int
+        Stacked layers of an LSTM omega (Table A2's TL # layers).
+    transfer_dropout : float
+        Dropout rate of an LSTM omega (Table A2's TL dropout), in [0, 1).
     """
 
     markets: tuple[tuple[int, ...], ...]
     n_features: int = 8
     encoder: str = "lstm"
-    decoder: str = "lstm"
+    decoder: str | None = None
     encoder_hidden: int = 20
-    decoder_hidden: int = 20
+    decoder_hidden: int | None = None
     transfer: bool = True
     dropout: float = 0.0
+    layers: int = 1
+    transfer_layer: str = "linear"
+    transfer_layers: int = 1
+    transfer_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "markets", _validated_markets(self.markets))
-        for name in ("n_features", "encoder_hidden", "decoder_hidden"):
+        for name in ("n_features", "encoder_hidden", "decoder_hidden", "layers", "transfer_layers"):
             value = getattr(self, name)
+            if name == "decoder_hidden" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-        for name in ("encoder", "decoder"):
+        for name in ("encoder", "decoder", "transfer_layer"):
+            if name == "decoder" and self.decoder is None:
+                continue
             if getattr(self, name) not in BLOCK_KINDS:
                 raise ValueError(
                     f"`{name}` must be one of {BLOCK_KINDS}, got {getattr(self, name)!r}"
                 )
         if not isinstance(self.transfer, bool):
             raise ValueError(f"`transfer` must be a bool, got {self.transfer!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "transfer_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
 
     @property
     def n_assets(self) -> int:
         """Total number of assets over all markets."""
         return sum(len(market) for market in self.markets)
+
+    @property
+    def decoder_kind(self) -> str:
+        """The decoders' kind: `decoder`, or the encoders' kind when that is None."""
+        return self.encoder if self.decoder is None else self.decoder
 
 
 def _validated_markets(markets: Any) -> tuple[tuple[int, ...], ...]:
@@ -150,7 +222,7 @@ def _dense(in_features: int, out_features: int) -> nn.Linear:
 
 
 class SequenceBlock(nn.Module):
-    """A causal per-market encoder or decoder: an LSTM, or a per-step Linear + tanh.
+    """A causal block: a stacked LSTM with dropout, or a per-step Linear + tanh.
 
     Parameters
     ----------
@@ -158,14 +230,27 @@ class SequenceBlock(nn.Module):
         Which block.
     in_features, out_features : int
         Input and output widths per step.
+    layers : int
+        Stacked LSTM layers; ignored by a linear block.
+    dropout : float
+        LSTM only: dropout between stacked layers and on the output.
     """
 
-    def __init__(self, kind: str, in_features: int, out_features: int) -> None:
+    def __init__(
+        self, kind: str, in_features: int, out_features: int, layers: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.kind = kind
         if kind == "lstm":
-            self.lstm = nn.LSTM(in_features, out_features, batch_first=True)
+            self.lstm = nn.LSTM(
+                in_features,
+                out_features,
+                num_layers=layers,
+                batch_first=True,
+                dropout=dropout if layers > 1 else 0.0,
+            )
             init_keras_lstm_(self.lstm)
+            self.dropout = nn.Dropout(dropout)
         else:
             self.linear = _dense(in_features, out_features)
 
@@ -173,7 +258,7 @@ class SequenceBlock(nn.Module):
         """``(batch, seq, in_features)`` -> ``(batch, seq, out_features)``."""
         if self.kind == "lstm":
             h, _ = self.lstm(x)
-            return h
+            return self.dropout(h)
         return torch.tanh(self.linear(x))
 
 
@@ -195,12 +280,20 @@ class MarketNet(nn.Module):
         # a buffer (not a Python list) so index_select stays a graph op in the ONNX export
         self.register_buffer("assets", torch.tensor(assets, dtype=torch.long), persistent=False)
         self.encoder = SequenceBlock(
-            config.encoder, len(assets) * config.n_features, config.encoder_hidden
+            config.encoder,
+            len(assets) * config.n_features,
+            config.encoder_hidden,
+            config.layers,
+            config.dropout,
         )
-        self.decoder = SequenceBlock(config.decoder, config.encoder_hidden, config.decoder_hidden)
-        self.head = _dense(config.decoder_hidden, len(assets))
+        # QuantNet section 4: the decoder's dimensionality is the market's number of assets
+        width = len(assets) if config.decoder_hidden is None else config.decoder_hidden
+        self.decoder = SequenceBlock(
+            config.decoder_kind, config.encoder_hidden, width, config.layers, config.dropout
+        )
+        self.head = _dense(width, len(assets))
 
-    def forward(self, x: Tensor, omega: nn.Module | None, dropout: nn.Module) -> Tensor:
+    def forward(self, x: Tensor, omega: nn.Module | None) -> Tensor:
         """This market's positions, passing its encoding through the shared ``omega``.
 
         Parameters
@@ -209,8 +302,6 @@ class MarketNet(nn.Module):
             ``(batch, seq, n_assets, n_features)``, the whole panel.
         omega : nn.Module or None
             The global transfer layer, or None for No Transfer.
-        dropout : nn.Module
-            Dropout applied to the encoder and decoder outputs.
 
         Returns
         -------
@@ -219,9 +310,9 @@ class MarketNet(nn.Module):
         """
         xi = torch.index_select(x, 2, self.assets)  # (batch, seq, N_i, features)
         xi = xi.flatten(start_dim=2)  # (batch, seq, N_i * features)
-        e = dropout(self.encoder(xi))  # (batch, seq, encoder_hidden)
-        g = e if omega is None else omega(e)  # (batch, seq, encoder_hidden)
-        d = dropout(self.decoder(g))  # (batch, seq, decoder_hidden)
+        e = self.encoder(xi)  # (batch, seq, encoder_hidden)
+        z = e if omega is None else omega(e)  # (batch, seq, encoder_hidden)
+        d = self.decoder(z)  # (batch, seq, decoder width)
         return torch.tanh(self.head(d))  # (batch, seq, N_i)
 
 
@@ -230,8 +321,8 @@ class QuantNet(nn.Module):
 
     Initialisation follows tf.keras: glorot-uniform dense and input kernels,
     orthogonal recurrent kernels, zero biases except LSTM forget bias 1. Dropout (if
-    any) is applied to the encoder and decoder outputs, a choice of ours: the paper
-    does not say where it sits.
+    any) is applied to the outputs of LSTM blocks and between their stacked layers, a
+    choice of ours: the paper does not say where it sits.
 
     Parameters
     ----------
@@ -245,11 +336,15 @@ class QuantNet(nn.Module):
         super().__init__()
         self.config = config
         self.market_nets = nn.ModuleList(MarketNet(m, config) for m in config.markets)
-        # the single market-agnostic layer (eqs. 4-6); absent in the No Transfer model
-        self.omega = (
-            _dense(config.encoder_hidden, config.encoder_hidden) if config.transfer else None
-        )
-        self.dropout = nn.Dropout(config.dropout)
+        # the single market-agnostic layer (eqs. 3, A5); absent in the No Transfer model
+        h = config.encoder_hidden
+        self.omega: nn.Module | None = None
+        if config.transfer and config.transfer_layer == "linear":
+            self.omega = _dense(h, h)
+        elif config.transfer:
+            self.omega = SequenceBlock(
+                "lstm", h, h, config.transfer_layers, config.transfer_dropout
+            )
         # concatenating market outputs yields assets in the order of `order`;
         # `inverse[j]` is where asset j sits in that concatenation
         order = torch.tensor([a for m in config.markets for a in m], dtype=torch.long)
@@ -278,7 +373,7 @@ class QuantNet(nn.Module):
                 f"(batch, seq, {cfg.n_assets}, {cfg.n_features}), got {tuple(x.shape)}"
             )
         # every market's encoding goes through the same omega: the transfer bottleneck
-        return [net(x, self.omega, self.dropout) for net in self.market_nets]
+        return [net(x, self.omega) for net in self.market_nets]
 
     def forward(self, x: Tensor) -> Tensor:
         """Positions of all assets at every step, in asset-column order.
