@@ -40,6 +40,7 @@ import pandas as pd
 
 from momentum.metrics import PAPER_COLUMNS
 from training.reporting import plots, sections
+from training.reporting.compare import verdict
 from training.reporting.runs import (
     Run,
     as_runs,
@@ -132,10 +133,14 @@ def _comparison_json(tables: Tables, name: str) -> dict[str, Any]:
         out["versus"] = {
             bps(cost): {
                 bench: {
+                    "sharpe": json_number(t.sharpe_a),
+                    "benchmark_sharpe": json_number(t.sharpe_b),
                     "difference": json_number(t.difference),
                     "se": json_number(t.se),
                     "std_errors": json_number(t.z),
                     "p_value": json_number(t.p_value),
+                    "days": t.n,
+                    "verdict": verdict(model, bench, t),
                 }
                 for (model, bench), t in tests.items()
                 if model == name
@@ -216,7 +221,8 @@ def build_report(
     "sharpe_by_delay": {sessions: mean Sharpe}, "turnover": mean daily turnover,
     "sharpe_se": {"sharpe", "iid", "hac"}, "per_asset_sharpe": {"median", "mad", "assets"},
     "alpha_beta": {"market", "alpha", "alpha_t", "beta"} or null}``, and for a model
-    ``"versus": {bps: {benchmark: {"difference", "se", "std_errors", "p_value"}}}``. The
+    ``"versus": {bps: {benchmark: {"sharpe", "benchmark_sharpe", "difference", "se",
+    "std_errors", "p_value", "days", "verdict"}}}`` (the verdict: one plain sentence). The
     paper columns are at 0 bps; the standard errors and tests use the seed-averaged return;
     undefined values are null.
     """

@@ -35,6 +35,16 @@ def test_results_page(tiny_runs, tmp_path):
     assert "tiny SLP" in text and "## Published, for context" in text
     metrics = json.loads((tmp_path / "runs" / "report" / "metrics.json").read_text())
     assert f"{metrics['slp']['sharpe_by_cost']['0']:.3f}" in text
+    # the Sharpe's standard error beside it, the ex-ante table, and a verdict per model,
+    # benchmark and cost, taken from the report's tests
+    assert f"| {metrics['slp']['sharpe_se']['hac']:.2f} |" in text
+    assert "Vol-targeted ex ante" in text
+    assert f"{metrics['dmn']['exante']['Sharpe']:.3f}" in text
+    for model in ("slp", "dmn"):
+        for cost in ("0", "5"):
+            for bench in ("long_only", "tsmom"):
+                sentence = metrics[model]["versus"][cost][bench]["verdict"]
+                assert sentence.startswith(f"{model} ") and f"* {sentence}" in text
     timing = json.loads((tmp_path / "runs" / "slp" / "timing.json").read_text())
     assert timing["seconds"] > 0
     # a second call reuses the finished runs
