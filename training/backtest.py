@@ -94,9 +94,12 @@ PROTOCOLS: dict[str, dict[str, Budget]] = {
         "dmn": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
         "sequence": Budget(trials=100, max_epochs=300, patience=25, seeds=5),
         "panel": Budget(trials=200, max_epochs=500, patience=25, seeds=5),
+        # STMOM's LSTM: Table 7, though it trains on every step in the panel layout
+        "lstm": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
     },
     "quick": {
         "spatiotemporal": Budget(trials=20, max_epochs=100, patience=10, seeds=3),
+        "lstm": Budget(trials=20, max_epochs=100, patience=10, seeds=3),
         "sequence": Budget(trials=6, max_epochs=30, patience=6, seeds=2),
         "tft": Budget(trials=3, max_epochs=15, patience=4, seeds=1),
         "panel": Budget(trials=10, max_epochs=30, patience=8, seeds=2),

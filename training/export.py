@@ -217,7 +217,8 @@ class TftServing(SequenceServing):
 
 
 class PanelServing(ServingModule):
-    """QuantNet: all assets at every step; the model splits them into markets."""
+    """QuantNet (which splits the assets into markets itself) and the STMOM LSTM: all assets
+    at every step of the window, the last step kept."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -210,7 +210,8 @@ def _loss(model: nn.Module, layout: Layout, batch: Any, config: TrainConfig) -> 
         batch.target,
         batch.leverage,
         batch.mask,
-        reduction=_REDUCTION[layout.name],
+        # a model may name its own (the STMOM LSTM in the panel layout: "portfolio")
+        reduction=getattr(model, "loss_reduction", _REDUCTION[layout.name]),
         loss=config.loss,
         cost_bps=config.cost_bps,
         markets=getattr(getattr(model, "config", None), "markets", None),

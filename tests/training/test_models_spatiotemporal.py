@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.models import cnn, lstm, mlp, quantnet, slp
+from training.models import cnn, get_spec, lstm, mlp, quantnet, slp
 from training.models.cnn import Cnn, CnnConfig
 from training.models.lstm import Lstm, LstmConfig
 from training.models.mlp import Mlp, MlpConfig
@@ -25,9 +25,8 @@ SPATIOTEMPORAL: list[tuple[type[nn.Module], Callable[..., Any]]] = [
     (Slp, slp.tiny),
     (Mlp, mlp.tiny),
     (Cnn, cnn.tiny),
-    (Lstm, lstm.tiny),
 ]
-ST_IDS = ["slp", "mlp", "cnn", "lstm"]
+ST_IDS = ["slp", "mlp", "cnn"]
 
 # every encoder/decoder pairing, with and without the transfer layer omega, plus an LSTM
 # omega (QuantNet Table A2's *-LSTM columns) with stacked layers
@@ -184,7 +183,7 @@ def test_spatiotemporal_batch_items_are_independent(model_cls, tiny):
         (CnnConfig, "hidden", 0),
         (CnnConfig, "dropout", 1.5),
         (LstmConfig, "hidden", 0),
-        (LstmConfig, "lookback", 0),
+        (LstmConfig, "n_features", 0),
         (LstmConfig, "dropout", 1.0),
     ],
 )
@@ -355,22 +354,43 @@ def test_cnn_conv_features_ignore_later_inputs(kernel_size):
     assert not torch.allclose(changed[..., s + 1 :], base[..., s + 1 :])
 
 
-def test_lstm_intermediate_steps_ignore_later_inputs():
+def test_lstm_steps_ignore_later_inputs_and_every_step_trains():
+    # STMOM eq. 23: a position at every step of the window, each causal; the training
+    # objective scores them all (the panel layout's labels), not the last step alone
+    from training.datasets import Batch
+    from training.losses import objective
+    from training.train import TrainConfig, _loss, layout_for
+
     torch.manual_seed(0)
     config = lstm.tiny()
     model = Lstm(config).eval()
-    x = _st_input(config)
+    x = _panel_input(config)  # (batch, steps, assets, features)
     s = 4
     later = x.clone()
-    later[:, :, s + 1 :] += 3.0 * torch.randn_like(later[:, :, s + 1 :])
+    later[:, s + 1 :] += 3.0 * torch.randn_like(later[:, s + 1 :])
     with torch.no_grad():
-        base, changed = model.forward_sequence(x), model.forward_sequence(later)
-        last = model(x)
-    assert base.shape == (3, config.lookback, config.n_assets)
+        base, changed = model(x), model(later)
+    assert base.shape == (3, 10, config.n_assets)
     torch.testing.assert_close(changed[:, : s + 1], base[:, : s + 1], rtol=0, atol=0)
     assert not torch.allclose(changed[:, s + 1 :], base[:, s + 1 :])
-    # forward is the last step of the time-distributed head
-    torch.testing.assert_close(last, base[:, -1])
+
+    train_config = TrainConfig(seq_len=10, cost_bps=5.0, device="cpu")
+    layout = layout_for(get_spec("lstm"), config, train_config)
+    assert layout.name == "panel" and layout.steps == 10
+    gen = torch.Generator().manual_seed(3)
+    target = torch.randn(3, 10, config.n_assets, generator=gen) * 0.01
+    batch = Batch((x,), target, torch.ones_like(target, dtype=torch.bool), torch.ones_like(target))
+    with torch.no_grad():
+        loss = _loss(model, layout, batch, train_config)
+        expected = objective(
+            model(x), target, batch.leverage, batch.mask, reduction="portfolio", cost_bps=5.0
+        )
+        torch.testing.assert_close(loss, expected)
+        # an early step's label moves the loss: every step is trained on
+        moved = target.clone()
+        moved[:, 0] += 0.05
+        shifted = Batch((x,), moved, batch.mask, batch.leverage)
+        assert abs(float(_loss(model, layout, shifted, train_config)) - float(loss)) > 1e-3
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from training.backtest import PROTOCOLS, BacktestConfig, Budget
 from training.models import REGISTRY, cnn, dmn, lstm, mlp, quantnet, slp, tft
+from training.train import TrainConfig
 
 # STMOM Table 8, row by row
 STMOM_MINIBATCH = [32, 64, 128, 256]
@@ -62,7 +63,10 @@ def test_temporal_history_is_stmom_table_7():
     assert slp.SlpConfig(n_assets=3).lookback == 5
     assert mlp.MlpConfig(n_assets=3).lookback == 5
     assert cnn.CnnConfig(n_assets=3).lookback == 63
-    assert lstm.LstmConfig(n_assets=3).lookback == 63
+    # the LSTM trains on every step of 63-session windows (eq. 23): its history is the
+    # training sequence length, 63 by default, and the served window the same
+    assert REGISTRY["lstm"].layout == "panel" and TrainConfig().seq_len == 63
+    assert BacktestConfig(model="lstm").longest_window == 63
     for module in (slp, mlp, cnn, lstm):
         assert "lookback" not in module.SEARCH_SPACE
 

@@ -18,8 +18,13 @@ def _inputs(spec, config, steps=STEPS, seed=0):
         x = torch.randn((BATCH, steps, config.n_features), generator=g)
         n_tickers = getattr(config, "n_tickers", 1)
         return x, torch.arange(BATCH) % n_tickers
-    n_assets = sum(len(m) for m in config.markets)
-    return (torch.randn((BATCH, steps, n_assets, config.n_features), generator=g),)
+    return (torch.randn((BATCH, steps, _panel_assets(config), config.n_features), generator=g),)
+
+
+def _panel_assets(config):
+    """Assets of a panel model: QuantNet's markets together, else the config's own count."""
+    markets = getattr(config, "markets", None)
+    return config.n_assets if markets is None else sum(len(m) for m in markets)
 
 
 def _expected_shape(spec, config):
@@ -27,7 +32,7 @@ def _expected_shape(spec, config):
         return (BATCH, config.n_assets)
     if spec.layout == "sequence":
         return (BATCH, STEPS)
-    return (BATCH, STEPS, sum(len(m) for m in config.markets))
+    return (BATCH, STEPS, _panel_assets(config))
 
 
 @pytest.fixture(params=sorted(REGISTRY))

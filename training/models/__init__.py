@@ -9,12 +9,12 @@ so callers only pass hyperparameters.
 Layouts:
 
 * ``"spatiotemporal"``: ``model(x)``, x ``(batch, assets, lookback, features)``
-  -> positions ``(batch, assets)`` (STMOM's slp, mlp, cnn, lstm).
+  -> positions ``(batch, assets)`` (STMOM's slp, mlp, cnn).
 * ``"sequence"``: ``model(x, tickers)``, x ``(batch, seq, features)`` ->
   positions ``(batch, seq)`` (dmn; tft returns a `TftOutput` whose first field
   is the positions).
 * ``"panel"``: ``model(x)``, x ``(batch, seq, assets, features)`` -> positions
-  ``(batch, seq, assets)`` (quantnet and no_transfer).
+  ``(batch, seq, assets)`` (quantnet and no_transfer; STMOM's lstm, trained on every step).
 """
 
 from __future__ import annotations
@@ -113,9 +113,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "slp": ModelSpec("slp", slp.SlpConfig, slp.Slp, "spatiotemporal", slp.SEARCH_SPACE, slp.tiny),
     "mlp": ModelSpec("mlp", mlp.MlpConfig, mlp.Mlp, "spatiotemporal", mlp.SEARCH_SPACE, mlp.tiny),
     "cnn": ModelSpec("cnn", cnn.CnnConfig, cnn.Cnn, "spatiotemporal", cnn.SEARCH_SPACE, cnn.tiny),
-    "lstm": ModelSpec(
-        "lstm", lstm.LstmConfig, lstm.Lstm, "spatiotemporal", lstm.SEARCH_SPACE, lstm.tiny
-    ),
+    "lstm": ModelSpec("lstm", lstm.LstmConfig, lstm.Lstm, "panel", lstm.SEARCH_SPACE, lstm.tiny),
     "dmn": ModelSpec("dmn", dmn.DmnConfig, dmn.Dmn, "sequence", dmn.SEARCH_SPACE, dmn.tiny),
     "tft": ModelSpec("tft", tft.TftConfig, tft.Tft, "sequence", tft.SEARCH_SPACE, tft.tiny),
     "quantnet": ModelSpec(

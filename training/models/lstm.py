@@ -11,15 +11,19 @@ eqs. 17-23 are the standard LSTM cell plus a time-distributed head:
     h_s = o_s * tanh(c_s)
     X_s = tanh(W_x^T dropout(h_s) + b_x)           head, N outputs at every step
 
-``forward`` returns X at the last step, the date being decided.
+The model reads windows laid out as QuantNet's ("panel" layout,
+``(batch, steps, assets, features)``) and ``forward`` returns X at *every* step: eq. 23 maps
+the window to a tau x N sequence of signals, and training scores every step of every window
+(the Sharpe ratio of the cross-asset average net return over all of them, the reduction
+named by ``loss_reduction``), where the last step alone wasted tau - 1 labels per window.
+The window length tau is the training sequence length (``--seq-len``, 63 as STMOM Table 7).
+Serving keeps the last step of the contract window (`training.export.PanelServing`).
 
 What still differs from STMOM, and why:
 
-* Training sees the last step only. Eq. 23 maps the window to a tau x N sequence of signals,
-  so the loss could use every step; that needs the spatio-temporal layout
-  (``training.datasets``) to carry each window's tau labels, masks and leverages, and a
-  Sharpe / turnover reduction over (dates, steps, assets), which the one training loop
-  does not have. ``forward_sequence`` already gives every step.
+* Turnover: with a sequence of positions per window the turnover term is taken between
+  consecutive days of each window (the DMN's, eq. 12), not between the shuffled samples of
+  a minibatch (STMOM's localized minibatch turnover, eq. 14, meant for one-date samples).
 * Dropout: the paper does not say where it sits; here it is on the LSTM outputs.
 """
 
@@ -49,8 +53,6 @@ class LstmConfig:
         N, the number of assets seen and traded.
     n_features : int
         d, features per asset and day.
-    lookback : int
-        tau, the number of steps the LSTM unrolls over (63, STMOM Table 7).
     hidden : int
         LSTM state size.
     dropout : float
@@ -59,12 +61,11 @@ class LstmConfig:
 
     n_assets: int
     n_features: int = 8
-    lookback: int = 63
     hidden: int = 20
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        for name in ("n_assets", "n_features", "lookback", "hidden"):
+        for name in ("n_assets", "n_features", "hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
@@ -74,9 +75,7 @@ class LstmConfig:
 
 def tiny(**overrides: Any) -> LstmConfig:
     """A small configuration for fast tests; keyword arguments override fields."""
-    return LstmConfig(
-        **{"n_assets": 5, "n_features": 8, "lookback": 10, "hidden": 8, "dropout": 0.1, **overrides}
-    )
+    return LstmConfig(**{"n_assets": 5, "n_features": 8, "hidden": 8, "dropout": 0.1, **overrides})
 
 
 class Lstm(nn.Module):
@@ -101,41 +100,29 @@ class Lstm(nn.Module):
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward_sequence(self, x: Tensor) -> Tensor:
+    # the objective of every step: the Sharpe ratio of the cross-asset average return
+    # (STMOM's, over the window's steps too), not QuantNet's per-asset one of the layout
+    loss_reduction = "portfolio"
+
+    def forward(self, x: Tensor) -> Tensor:
         """Positions at every step of the window (eq. 23 applied time-distributed).
 
         Parameters
         ----------
         x : Tensor
-            ``(batch, n_assets, lookback, n_features)``, oldest step first.
+            ``(batch, steps, n_assets, n_features)``, oldest step first.
 
         Returns
         -------
         Tensor
-            ``(batch, lookback, n_assets)`` in [-1, 1]; step s depends on inputs <= s.
+            ``(batch, steps, n_assets)`` in [-1, 1]; step s depends on inputs <= s.
         """
         cfg = self.config
-        if x.dim() != 4 or tuple(x.shape[1:]) != (cfg.n_assets, cfg.lookback, cfg.n_features):
+        if x.dim() != 4 or tuple(x.shape[2:]) != (cfg.n_assets, cfg.n_features):
             raise ValueError(
-                "`x` must have shape (batch, n_assets, lookback, n_features) = "
-                f"(batch, {cfg.n_assets}, {cfg.lookback}, {cfg.n_features}), got {tuple(x.shape)}"
+                "`x` must have shape (batch, steps, n_assets, n_features) = "
+                f"(batch, steps, {cfg.n_assets}, {cfg.n_features}), got {tuple(x.shape)}"
             )
-        steps = x.permute(0, 2, 1, 3)  # (batch, lookback, assets, features)
-        steps = steps.reshape(x.shape[0], cfg.lookback, -1)  # (batch, lookback, assets*features)
-        h, _ = self.lstm(steps)  # (batch, lookback, hidden)
-        return torch.tanh(self.head(self.dropout(h)))  # (batch, lookback, n_assets)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Positions for the last day of the window.
-
-        Parameters
-        ----------
-        x : Tensor
-            ``(batch, n_assets, lookback, n_features)``, oldest step first.
-
-        Returns
-        -------
-        Tensor
-            ``(batch, n_assets)`` positions in [-1, 1].
-        """
-        return self.forward_sequence(x)[:, -1]  # (batch, n_assets)
+        steps = x.reshape(x.shape[0], x.shape[1], -1)  # (batch, steps, assets * features)
+        h, _ = self.lstm(steps)  # (batch, steps, hidden)
+        return torch.tanh(self.head(self.dropout(h)))  # (batch, steps, n_assets)
