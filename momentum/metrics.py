@@ -40,6 +40,7 @@ __all__ = [
     "annual_volatility",
     "bias_bps",
     "calmar_ratio",
+    "daily_series",
     "downside_deviation",
     "hit_rate",
     "kurtosis",
@@ -79,8 +80,9 @@ _SQRT_YEAR = math.sqrt(TRADING_DAYS)
 # ------------------------------------------------------------------- helpers
 
 
-def _clean(r: ArrayLike, name: str = "r") -> NDArray[np.float64]:
-    """1-D float64 copy of ``r`` with NaNs dropped; raise on wrong shape or infinities."""
+def daily_series(r: ArrayLike, name: str = "r") -> NDArray[np.float64]:
+    """``r`` as a 1-D float64 array of daily returns, NaNs kept; raise on a wrong shape or an
+    infinity, naming `name` (and the position)."""
     try:
         arr = np.asarray(r, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -92,6 +94,12 @@ def _clean(r: ArrayLike, name: str = "r") -> NDArray[np.float64]:
         raise ValueError(
             f"`{name}` contains an infinite value at position {int(np.argmax(infinite))}"
         )
+    return arr
+
+
+def _clean(r: ArrayLike, name: str = "r") -> NDArray[np.float64]:
+    """`daily_series` with NaNs dropped."""
+    arr = daily_series(r, name)
     return arr[~np.isnan(arr)]
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
-from momentum.metrics import TRADING_DAYS, sharpe_ratio
+from momentum.metrics import TRADING_DAYS, daily_series, sharpe_ratio
 
 __all__ = [
     "Regression",
@@ -54,25 +54,11 @@ _SQRT_YEAR = math.sqrt(TRADING_DAYS)
 _MIN_OBS = 3
 
 
-def _series(x: ArrayLike, name: str) -> NDArray[np.float64]:
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`{name}` must be numeric daily returns: {exc}") from exc
-    if arr.ndim != 1:
-        raise ValueError(f"`{name}` must be a 1-D series of daily returns, got shape {arr.shape}")
-    if np.isinf(arr).any():
-        raise ValueError(
-            f"`{name}` contains an infinite value at position {int(np.argmax(np.isinf(arr)))}"
-        )
-    return arr
-
-
 def _paired(
     a: ArrayLike, b: ArrayLike, names: tuple[str, str]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """The rows where both series are finite (the same dates of two strategies)."""
-    x, y = _series(a, names[0]), _series(b, names[1])
+    x, y = daily_series(a, names[0]), daily_series(b, names[1])
     if x.shape != y.shape:
         raise ValueError(
             f"`{names[0]}` and `{names[1]}` must be aligned on the same dates, "
@@ -218,7 +204,7 @@ def sharpe_ratio_se(
     """
     if method not in ("iid", "hac"):
         raise ValueError(f"`method` must be 'iid' or 'hac', got {method!r}")
-    x = _series(r, "r")
+    x = daily_series(r, "r")
     x = x[np.isfinite(x)]
     if not _has_spread(x):
         return math.nan

@@ -124,9 +124,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny SLP backtest on the embedded data (tested 2021-2022), exported to a registry.
+def exported_backtest(root: Path, **config: Any) -> dict[str, Any]:
+    """A tiny SLP backtest on the embedded data (tested 2021-2022), its 2021 window exported
+    to a registry and promoted; `config` adds to or overrides the `BacktestConfig`.
 
     Training code (torch) is only used here to make the model; the service code under test
     never imports it.
@@ -135,20 +135,10 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from training.backtest import BacktestConfig, run_backtest
     from training.publish import export_window
 
-    root = tmp_path_factory.mktemp("served")
-    # lr and l1 pinned to the gentle end of the grid: a model trained with lr=0.1 saturates
-    # (pre-activations in the hundreds), where torch and onnxruntime float32 already differ by
-    # ~1e-5 (README, Export); here the 1e-5 agreement tests the code, not the rounding
-    config = BacktestConfig(
-        model="slp",
-        first_test_year=2021,
-        step_years=2,
-        seeds=1,
-        trials=1,
-        epochs=2,
-        fixed={"lr": 1e-3, "l1": 1e-2},
+    fields = {"model": "slp", "first_test_year": 2021, "step_years": 2, "seeds": 1, "epochs": 2}
+    run = run_backtest(
+        BacktestConfig(**{**fields, **config}), root / "run", log=lambda _: None, report=False
     )
-    run = run_backtest(config, root / "run", log=lambda _: None, report=False)
     registry = root / "registry"
     version = export_window(run, registry=registry, log=lambda _: None)
     promote(registry, version.name, version.version)
@@ -161,6 +151,17 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "signals": signals.pivot(index="date", columns="ticker", values="signal"),
         "vol": signals.pivot(index="date", columns="ticker", values="vol"),
     }
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`exported_backtest` with one trial. lr and l1 pinned to the gentle end of the grid: a
+    model trained with lr=0.1 saturates (pre-activations in the hundreds), where torch and
+    onnxruntime float32 already differ by ~1e-5 (README, Export); here the 1e-5 agreement
+    tests the code, not the rounding."""
+    return exported_backtest(
+        tmp_path_factory.mktemp("served"), trials=1, fixed={"lr": 1e-3, "l1": 1e-2}
+    )
 
 
 @pytest.fixture

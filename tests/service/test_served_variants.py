@@ -17,33 +17,12 @@ from momentum.manifest import ManifestError, check_manifest
 from service import store
 from service.cli import main
 from service.model import ModelRefused, load_model
-
-
-def _exported(root, **config: Any) -> dict[str, Any]:
-    """A tiny SLP backtest on the embedded data (tested 2021-2022), its 2021 window exported."""
-    from momentum.registry import promote
-    from training.backtest import BacktestConfig, run_backtest
-    from training.publish import export_window
-
-    backtest = BacktestConfig(
-        model="slp", first_test_year=2021, step_years=2, seeds=1, epochs=2, **config
-    )
-    run = run_backtest(backtest, root / "run", log=lambda _: None, report=False)
-    registry = root / "registry"
-    version = export_window(run, registry=registry, log=lambda _: None)
-    promote(registry, version.name, version.version)
-    signals = pd.read_parquet(run / "seed_0" / "window_2021" / "signals.parquet")
-    return {
-        "registry": registry,
-        "name": version.name,
-        "manifest": version.manifest,
-        "signals": signals.pivot(index="date", columns="ticker", values="signal"),
-    }
+from tests.service.conftest import exported_backtest
 
 
 @pytest.fixture(scope="module")
 def extended_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _exported(
+    return exported_backtest(
         tmp_path_factory.mktemp("extended"),
         label="slp-extended",
         features="extended",
@@ -55,7 +34,7 @@ def extended_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # three trials differing in what the search draws besides the pinned lr and l1
-    return _exported(
+    return exported_backtest(
         tmp_path_factory.mktemp("ensemble"),
         label="slp-ensemble",
         trials=3,
