@@ -25,7 +25,7 @@ the row and keep the last step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -328,14 +328,33 @@ class SequenceLayout(Layout):
 
 
 class PanelLayout(Layout):
-    """QuantNet: one sample = all assets over ``seq_len`` consecutive days (truncated BPTT)."""
+    """One sample = all assets over ``seq_len`` consecutive days (truncated BPTT).
+
+    By default an epoch cuts the rows into consecutive chunks at a random phase (the STMOM
+    LSTM). With `markets` it samples as QuantNet's Algorithm 1: each window ends at a row
+    drawn at random (line 3, with replacement) and keeps the assets of `market_batch`
+    markets drawn at random (line 2; all markets when None), the others masked out of the
+    loss; an epoch draws as many windows as the chunked epoch holds.
+    """
 
     name = "panel"
 
-    def __init__(self, seq_len: int = 63) -> None:
+    def __init__(
+        self,
+        seq_len: int = 63,
+        *,
+        markets: Sequence[Sequence[int]] | None = None,
+        market_batch: int | None = None,
+    ) -> None:
         if seq_len < 1:
             raise ValueError(f"`seq_len` must be positive, got {seq_len}")
+        if market_batch is not None and (markets is None or market_batch < 1):
+            raise ValueError(
+                f"`market_batch` needs `markets` and must be at least 1, got {market_batch}"
+            )
         self.steps = seq_len
+        self.markets = None if markets is None else [np.asarray(m, np.int64) for m in markets]
+        self.market_batch = market_batch
 
     def _predict_rows(
         self, model: nn.Module, data: ModelData, rows: np.ndarray, device: torch.device
@@ -351,14 +370,19 @@ class PanelLayout(Layout):
         self, data: ModelData, rows: np.ndarray, batch_size: int, rng: np.random.Generator
     ) -> Iterator[Batch]:
         rows = rows[data.labelled[rows].any(axis=1)]
-        # a random phase each epoch, so chunk boundaries move (QuantNet draws random t)
+        # a random phase each epoch, so chunk boundaries move
         shift = int(rng.integers(self.steps)) if len(rows) > self.steps else 0
         chunks = _chunks(rows[shift:], self.steps) + _chunks(rows[:shift], self.steps)
+        if self.markets is not None:  # QuantNet, Algorithm 1: random ends, with replacement
+            ends = rng.choice(len(rows), size=len(chunks), replace=True)
+            chunks = [_ending(rows, int(e), self.steps) for e in ends]
         order = rng.permutation(len(chunks))
         for lo in range(0, len(order), batch_size):
             padded = [_padded(chunks[i], self.steps) for i in order[lo : lo + batch_size]]
             index = np.stack([i for i, _ in padded])  # (batch, seq)
             valid = np.stack([v for _, v in padded])[..., None] & data.labelled[index]
+            if self.markets is not None and self.market_batch is not None:
+                valid = valid & self._market_mask(len(padded), data.n_assets, rng)[:, None, :]
             yield Batch(
                 (torch.from_numpy(data.x[index]),),
                 torch.from_numpy(data.target[index]),
@@ -366,16 +390,41 @@ class PanelLayout(Layout):
                 torch.from_numpy(data.leverage[index]),
             )
 
+    def _market_mask(self, windows: int, n_assets: int, rng: np.random.Generator) -> np.ndarray:
+        """(windows, assets): the assets of `market_batch` markets drawn for each window."""
+        assert self.markets is not None and self.market_batch is not None
+        keep = np.zeros((windows, n_assets), dtype=bool)
+        m = min(self.market_batch, len(self.markets))
+        for w in range(windows):
+            for i in rng.choice(len(self.markets), size=m, replace=False):
+                keep[w, self.markets[i]] = True
+        return keep
+
     def canonical(self, positions: Tensor, batch: Batch) -> Tensor:
         return positions
 
 
-def make_layout(layout: str, steps: int) -> Layout:
-    """The layout object for a registry layout name and its lookback / sequence length."""
+def _ending(rows: np.ndarray, end: int, length: int) -> np.ndarray:
+    """The run of consecutive rows of `rows` ending at ``rows[end]``, at most `length` long."""
+    start = end
+    while start > 0 and end - start + 1 < length and rows[start - 1] == rows[start] - 1:
+        start -= 1
+    return rows[start : end + 1]
+
+
+def make_layout(
+    layout: str,
+    steps: int,
+    *,
+    markets: Sequence[Sequence[int]] | None = None,
+    market_batch: int | None = None,
+) -> Layout:
+    """The layout object for a registry layout name and its lookback / sequence length;
+    `markets` (and `market_batch`) make a panel layout sample as QuantNet's Algorithm 1."""
     if layout == "spatiotemporal":
         return SpatioTemporalLayout(steps)
     if layout == "sequence":
         return SequenceLayout(steps)
     if layout == "panel":
-        return PanelLayout(steps)
+        return PanelLayout(steps, markets=markets, market_batch=market_batch)
     raise ValueError(f"unknown layout {layout!r}")

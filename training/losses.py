@@ -99,13 +99,17 @@ def quantnet_sharpe(returns: Tensor, mask: Tensor, markets: Sequence[Sequence[in
     """
     per_asset = masked_sharpe(returns, mask, dim=1)  # (batch, assets)
     usable = (mask.sum(1) >= 2).to(returns.dtype)
-    market_means = []
+    market_means, present = [], []
     for assets in markets:
         idx = torch.as_tensor(list(assets), device=returns.device)
         weight = usable.index_select(1, idx)
         mean = (per_asset.index_select(1, idx) * weight).sum() / weight.sum().clamp_min(1.0)
         market_means.append(mean)
-    return torch.stack(market_means).mean()
+        present.append(weight.sum() > 0)
+    # eq. 8 averages over the markets of the minibatch (Algorithm 1): a market with no
+    # usable asset in this batch (not drawn, or not trading yet) is not one of them
+    means, here = torch.stack(market_means), torch.stack(present).to(returns.dtype)
+    return (means * here).sum() / here.sum().clamp_min(1.0)
 
 
 def objective(

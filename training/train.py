@@ -83,6 +83,7 @@ class TrainConfig:
     select: Literal["sharpe", "loss"] = "sharpe"
     select_cost_bps: float | None = None
     seq_len: int = 63
+    max_steps: int | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -102,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"`optimizer` must be 'adam' or 'amsgrad', got {self.optimizer!r}")
         if self.loss not in ("sharpe", "returns", "mse", "binary"):
             raise ValueError(f"`loss` must be sharpe, returns, mse or binary, got {self.loss!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"`max_steps` must be positive or None, got {self.max_steps}")
         if self.select not in ("sharpe", "loss"):
             raise ValueError(f"`select` must be 'sharpe' or 'loss', got {self.select!r}")
         cost = self.select_cost_bps
@@ -132,7 +135,7 @@ class FitResult:
     best_epoch: int
     best_valid_sharpe: float
     initial_valid_sharpe: float
-    stopped: Literal["early_stopping", "max_epochs", "diverged"]
+    stopped: Literal["early_stopping", "max_epochs", "max_steps", "diverged"]
     history: list[dict[str, float]] = field(default_factory=list)
     best_valid_score: float = math.nan
     best_valid_net_sharpe: float = math.nan
@@ -148,7 +151,13 @@ def resolve_device(device: str) -> torch.device:
 def layout_for(spec: ModelSpec, model_config: Any, config: TrainConfig) -> Layout:
     """The data layout of a model: its lookback, or the training sequence length."""
     steps = model_config.lookback if spec.layout == "spatiotemporal" else config.seq_len
-    return make_layout(spec.layout, steps)
+    # QuantNet (a config with markets) samples windows and markets as its Algorithm 1
+    return make_layout(
+        spec.layout,
+        steps,
+        markets=getattr(model_config, "markets", None),
+        market_batch=getattr(model_config, "market_batch", None),
+    )
 
 
 def validation_sharpe(
@@ -296,8 +305,9 @@ def fit(
     best_epoch = 0
     best_state = copy.deepcopy(model.state_dict())
     since_best = 0
-    stopped: Literal["early_stopping", "max_epochs", "diverged"] = "max_epochs"
+    stopped: Literal["early_stopping", "max_epochs", "max_steps", "diverged"] = "max_epochs"
     history: list[dict[str, float]] = []
+    steps = 0
     for epoch in range(1, config.max_epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -318,6 +328,9 @@ def fit(
             if constrain is not None:
                 constrain()
             losses.append(float(loss.detach()))
+            steps += 1
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
         if diverged:
             stopped = "diverged"
             break
@@ -340,6 +353,9 @@ def fit(
             if since_best > config.patience:
                 stopped = "early_stopping"
                 break
+        if config.max_steps is not None and steps >= config.max_steps:
+            stopped = "max_steps"  # (the epoch cut short is scored above, as any other)
+            break
     model.load_state_dict(best_state)
     if best_epoch == 0:
         best = initial

@@ -203,7 +203,7 @@ def test_paper_defaults():
 @pytest.mark.parametrize("module", [slp, mlp, cnn, lstm, quantnet])
 def test_search_space_keys_are_config_fields_or_training_knobs(module):
     config_fields = set(type(module.tiny()).__dataclass_fields__)
-    training_knobs = {"lr", "batch_size", "max_grad_norm", "k", "optimizer"}
+    training_knobs = {"lr", "batch_size", "max_grad_norm", "k", "optimizer", "max_steps"}
     assert module.SEARCH_SPACE, "empty search space"
     for key, values in module.SEARCH_SPACE.items():
         assert key in config_fields | training_knobs, key

@@ -103,6 +103,7 @@ def test_quantnet_grid_is_table_a2():
         "k": [21, 63, 126, 252, 504],  # sequence length p: 21-504 (Linear-linear), 21-252
         "batch_size": [16, 32, 64, 96, 128],  # batch size L: 16-128 (Linear-linear), 16-96
         "optimizer": ["amsgrad"],
+        "max_steps": [2000],  # training steps: 2000
     }
 
 
@@ -116,6 +117,7 @@ def test_no_transfer_grid_is_table_a2():
         "k": [21, 63, 126, 252, 504],  # sequence length p: 21-504
         "batch_size": [16, 32, 64, 128],  # batch size L: 16-128
         "optimizer": ["amsgrad"],
+        "max_steps": [2000],  # training steps: 2000
     }
 
 

@@ -20,11 +20,16 @@ for LSTM encoders/decoders and for an LSTM transfer layer, sequence length 21-50
 learning rate 1e-4 up to 0.5, trained with AMSGrad. Table A2 gives ranges; the random
 search draws from a list, so each range is a list of points that includes both ends.
 
+Training follows Algorithm 1 (`training.datasets.PanelLayout` with markets): each
+window ends at a random time t and keeps ``market_batch`` (m) random markets, the loss is
+eq. 8 over the markets present, and training stops after 2000 steps (Appendix 2;
+``max_steps``) or earlier on validation.
+
 What still differs from QuantNet, and why:
 
-* Training steps: the paper takes 2000 steps, each on a minibatch of m markets at one
-  random time t (Algorithm 1); the one training loop here runs epochs over windows of all
-  markets, ``batch_size`` windows per step, early-stopped on validation.
+* A step holds ``batch_size`` windows, each with its own t and markets (Table A2's "batch
+  size" read as windows per step); the paper gives no m, so every market by default. An
+  epoch (a validation check) is as many windows as non-overlapping chunks of the rows.
 * Conditional ranges: Table A2 caps sequence length at 252 and batch size at 96 when an
   LSTM is present, and learning rate at 0.1 for Linear-linear; a flat list cannot depend on
   another key, so QuantNet's lists span the union (No Transfer's match its columns exactly).
@@ -66,6 +71,7 @@ SEARCH_SPACE: dict[str, list] = {
     "k": [21, 63, 126, 252, 504],
     "batch_size": [16, 32, 64, 96, 128],
     "optimizer": ["amsgrad"],
+    "max_steps": [2000],  # Appendix 2: "2000 training steps"
 }
 
 # Random-search grid of QuantNet Table A2's two No Transfer columns (Linear, LSTM).
@@ -77,6 +83,7 @@ NO_TRANSFER_SEARCH_SPACE: dict[str, list] = {
     "k": [21, 63, 126, 252, 504],
     "batch_size": [16, 32, 64, 128],
     "optimizer": ["amsgrad"],
+    "max_steps": [2000],
 }
 
 BLOCK_KINDS = ("lstm", "linear")
@@ -118,6 +125,9 @@ class QuantNetConfig:
         Stacked layers of an LSTM omega (Table A2's TL # layers).
     transfer_dropout : float
         Dropout rate of an LSTM omega (Table A2's TL dropout), in [0, 1).
+    market_batch : int or None
+        m, the markets drawn for each training window (Algorithm 1, line 2); the others'
+        assets are left out of that window's loss. None: every market (the paper gives no m).
     """
 
     markets: tuple[tuple[int, ...], ...]
@@ -132,12 +142,20 @@ class QuantNetConfig:
     transfer_layer: str = "linear"
     transfer_layers: int = 1
     transfer_dropout: float = 0.0
+    market_batch: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "markets", _validated_markets(self.markets))
-        for name in ("n_features", "encoder_hidden", "decoder_hidden", "layers", "transfer_layers"):
+        for name in (
+            "n_features",
+            "encoder_hidden",
+            "decoder_hidden",
+            "layers",
+            "transfer_layers",
+            "market_batch",
+        ):
             value = getattr(self, name)
-            if name == "decoder_hidden" and value is None:
+            if name in ("decoder_hidden", "market_batch") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
