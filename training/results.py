@@ -71,18 +71,24 @@ PUBLISHED = (
         "Spatio-Temporal Momentum (Tan, Roberts, Zohren 2023)",
         "46 US equities, 12 equity index futures",
         "A single-layer perceptron over all assets' features beats the benchmarks with costs "
-        "up to 5-10 bps; best with L1 and turnover regularisation.",
+        "up to 5-10 bps; best with L1 and turnover regularisation. Table 1 (US equities, raw "
+        "signals, mean (std) over seeds): Sharpe SLP 1.114 (0.182), DMN 2.043 (0.263), LSTM "
+        "0.320 (0.108), long only 0.667, TSMOM 0.177.",
     ),
     (
         "Momentum Transformer (Wood, Giegerich, Roberts, Zohren 2022)",
         "futures",
-        "The decoder-only TFT outperforms the benchmarks and the LSTM DMN, more so net of costs.",
+        "The decoder-only TFT outperforms the benchmarks and the LSTM DMN, more so net of costs "
+        "(the walkthrough of TFT-SHORT on commodities: its worst yearly Sharpe 2016-2020 was "
+        "0.67, in 2020).",
     ),
     (
         "QuantNet (Koshiyama et al. 2021)",
         "3,103 stocks in 58 equity markets",
         "51% higher Sharpe and 69% higher Calmar than the best baseline; 15% and 41% over "
-        "the same model without transfer.",
+        "the same model without transfer. Table 1 (median over the 3,103 stocks, mean "
+        "absolute deviation): Sharpe QuantNet 0.355 (0.572), No Transfer LSTM 0.304, TSMOM "
+        "0.226, CSMOM 0.235, buy and hold 0.000.",
     ),
 )
 
