@@ -23,7 +23,7 @@ from torch import nn
 
 from training.datasets import ModelData
 from training.models import get_spec
-from training.search import SearchResult, load_trial_model
+from training.search import SearchResult, load_trial
 from training.train import TrainConfig, layout_for, split_hyperparameters
 
 __all__ = ["Ensemble", "Member", "ensemble_positions", "members"]
@@ -64,8 +64,7 @@ def members(
     spec = get_spec(name)
     out = []
     for trial, score in list(order)[:k]:
-        model, model_config = load_trial_model(directory, trial)
-        params = _trial_params(directory, trial)
+        model, model_config, params = load_trial(directory, trial)
         hyper = {**(fixed or {}), **params}
         train_config = dataclasses.replace(base, **split_hyperparameters(spec, hyper)[1])
         layout = layout_for(spec, model_config, train_config)
@@ -73,16 +72,6 @@ def members(
             Member(trial, float(score), hyper, model, model_config, train_config, layout.steps)
         )
     return out
-
-
-def _trial_params(directory: str | Path, trial: int) -> dict[str, Any]:
-    """The hyperparameters saved with trial `trial` (pinned and sampled)."""
-    import torch
-
-    payload = torch.load(
-        Path(directory) / "trials" / f"{trial}.pt", map_location="cpu", weights_only=True
-    )
-    return dict(payload["hyper"])
 
 
 def ensemble_positions(

@@ -70,7 +70,7 @@ from training.datasets import ModelData
 from training.models import ModelSpec, Universe, get_spec
 from training.train import TrainConfig, check_rows, split_hyperparameters, train
 
-__all__ = ["SearchResult", "TrialDiverged", "load_trial_model", "run_search"]
+__all__ = ["SearchResult", "TrialDiverged", "load_trial", "load_trial_model", "run_search"]
 
 STUDY_FILE = "study.db"
 TRIALS_DIR = "trials"
@@ -674,6 +674,12 @@ def _run_ray(
 
 
 def load_trial_model(directory: str | Path, trial_number: int) -> tuple[nn.Module, Any]:
+    """`load_trial` without the hyperparameters."""
+    model, config, _ = load_trial(directory, trial_number)
+    return model, config
+
+
+def load_trial(directory: str | Path, trial_number: int) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild the trained model of a COMPLETE trial from ``<directory>/trials/<n>.pt``.
 
     Returns
@@ -682,6 +688,8 @@ def load_trial_model(directory: str | Path, trial_number: int) -> tuple[nn.Modul
         The registry module with the trial's best weights, in eval mode on CPU.
     config : dataclass
         Its model config (``spec.config_cls``).
+    hyper : dict
+        Its hyperparameters, pinned and sampled.
     """
     path = _trial_path(Path(directory), trial_number)
     if not path.is_file():
@@ -695,4 +703,4 @@ def load_trial_model(directory: str | Path, trial_number: int) -> tuple[nn.Modul
     model = spec.build(config)
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return model, config
+    return model, config, dict(payload["hyper"])

@@ -236,8 +236,7 @@ def _scores(
     gross, net = _sharpes(
         layout.predict(model, data, rows), data, rows, (0.0, config.selection_cost_bps)
     )
-    loss = validation_loss(model, layout, data, rows, config) if config.select == "loss" else 0.0
-    score = -loss if config.select == "loss" else net
+    score = -validation_loss(model, layout, data, rows, config) if config.select == "loss" else net
     return {"valid_sharpe": gross, "valid_net_sharpe": net, "valid_score": score}
 
 

@@ -67,18 +67,18 @@ def read_closes(
         ``date`` (tz-naive, increasing: every date on which one of the tickers has a close);
         columns named ``ticker``. Not forward-filled.
     """
+    first = None if start is None else _date(start, "start")
+    last = None if end is None else _date(end, "end")
     query = sa.select(closes.c.date, closes.c.ticker, closes.c.close)
-    if start is not None:
-        query = query.where(closes.c.date >= _date(start, "start"))
-    if end is not None:
-        query = query.where(closes.c.date <= _date(end, "end"))
+    if first is not None:
+        query = query.where(closes.c.date >= first)
+    if last is not None:
+        query = query.where(closes.c.date <= last)
     if tickers is not None:
         if isinstance(tickers, str):
             raise TypeError("`tickers` must be a sequence of tickers, not one string")
         tickers = list(tickers)
         query = query.where(closes.c.ticker.in_(tickers))
-    first = None if start is None else _date(start, "start")
-    last = None if end is None else _date(end, "end")
     streamed = _streamed_table(bind) if bulk else None
     if streamed is not None:
         chunks, unique_names = _stream_closes(*streamed, first, last, tickers)
