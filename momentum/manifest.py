@@ -22,8 +22,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from momentum.construction import Construction
 from momentum.contract import INPUT_NAME, OUTPUT_NAME
 from momentum.features import FEATURES_VERSION, FeatureConfig
+from momentum.sizing import Sizer
 
 __all__ = [
     "MANIFEST_FILE",
@@ -179,6 +181,14 @@ class Manifest(_Strict):
             "first's); None for a single model"
         ),
     )
+    sizer: Sizer = Field(
+        default="identity",
+        description="model output -> position (`momentum.sizing`): sgn() for forecasts",
+    )
+    construction: Construction = Field(
+        default="vol_scaled",
+        description="positions -> weights (`momentum.construction`); sectors are `markets`",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -206,6 +216,8 @@ class Manifest(_Strict):
                 raise ValueError(
                     f"quantiles of {key!r} must be {levels} non-decreasing values, got {values}"
                 )
+        if self.construction == "sector_neutral_mv" and not self.markets:
+            raise ValueError("`construction` sector_neutral_mv needs `markets` (the sectors)")
         if self.members is not None:
             longest = max((m.lookback for m in self.members), default=0)
             if not self.members or longest != self.lookback:

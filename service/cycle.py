@@ -9,9 +9,12 @@
    ``max_carry_sessions`` sessions and flag it stale); the same numbers
    `compute_features` gives on the full stored history;
 4. the contract tensor (`momentum.contract`) of that one date -> onnxruntime;
-5. weights ``w = X * sigma_tgt / s / N_t`` (eq. 1, `momentum.portfolio.target_weights`),
-   optionally scaled by the ex-ante portfolio leverage (`ex_ante_vol_scale`) of
-   the model's own recent returns;
+5. positions ``X`` from the graph's output by the manifest's sizer (`momentum.sizing`:
+   the output itself, or sgn() of a forecast), then weights by the manifest's
+   construction (`momentum.construction`): ``w = X * sigma_tgt / s / N_t`` (eq. 1,
+   the default), demeaned first, or the sector-neutral mean-variance weights of gross
+   one over the manifest's markets; optionally scaled by the ex-ante portfolio leverage
+   (`ex_ante_vol_scale`) of the model's own recent returns;
 6. one transaction (`service.store.write_cycle`), then subscribers are notified.
 
 A failure at any step writes nothing of the cycle: the failure is recorded in
@@ -34,14 +37,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from momentum.construction import construct_weights, history_rows
 from momentum.contract import contract_inputs, predict_rows, served_positions, tradable
 from momentum.features import Features
-from momentum.portfolio import (
-    VOL_TARGET,
-    ex_ante_vol_scale,
-    strategy_returns,
-    target_weights,
-)
+from momentum.portfolio import VOL_TARGET, ex_ante_vol_scale
+from momentum.sizing import size_positions
 from service import store
 from service.live_features import (
     PORTFOLIO_VOL_ROWS,
@@ -113,6 +113,40 @@ class CycleResult:
         return int(self.positions["stale"].sum()) if len(self.positions) else 0
 
 
+def model_weights(
+    model: LoadedModel,
+    features: Features,
+    rows: np.ndarray,
+    signal: np.ndarray,
+    vol_target: float = VOL_TARGET,
+) -> np.ndarray:
+    """Weights ``[len(rows), N]`` of the positions `signal` (``[len(rows), N]``, NaN where
+    not tradable) under the manifest's construction, its markets as the sectors; the
+    covariance of ``sector_neutral_mv`` reads the returns of the rows before each date."""
+    manifest = model.manifest
+    if manifest.construction == "vol_scaled":  # the row's own vol only
+        full, picked = signal, np.arange(len(rows))
+        vol, returns = features.vol[rows], None
+    else:
+        full = np.full(features.vol.shape, np.nan)
+        full[rows] = signal
+        picked, vol, returns = rows, features.vol, features.returns
+    return construct_weights(
+        manifest.construction,
+        full,
+        vol,
+        returns=returns,
+        sectors=manifest.markets,
+        rows=picked,
+        vol_target=vol_target,
+    )
+
+
+def model_signal(model: LoadedModel, raw: np.ndarray) -> np.ndarray:
+    """The graph's output as a served position: clipped to [-1, 1], sized by the manifest."""
+    return size_positions(model.manifest.sizer, served_positions(raw))
+
+
 def _portfolio_leverage(
     model: LoadedModel, features: Features, row: int, vol_target: float
 ) -> float:
@@ -120,8 +154,13 @@ def _portfolio_leverage(
     lookback = model.manifest.lookback
     first = max(lookback - 1, row - PORTFOLIO_VOL_ROWS)
     rows = np.arange(first, row + 1)
-    signal = predict_rows(model.positions, features, rows, lookback)
-    daily = strategy_returns(signal, features.next_returns[rows], features.vol[rows])
+    signal = size_positions(
+        model.manifest.sizer, predict_rows(model.positions, features, rows, lookback)
+    )
+    weights = model_weights(model, features, rows, signal, vol_target)
+    # the unscaled book's daily return sum_i w_i r_i, NaN where it holds nothing
+    held = np.isfinite(weights).any(axis=1)
+    daily = np.where(held, np.nansum(weights * features.next_returns[rows], axis=1), np.nan)
     scale = ex_ante_vol_scale(daily, vol_target)[-1]
     return float(scale) if np.isfinite(scale) else 1.0
 
@@ -134,11 +173,9 @@ def _positions_frame(
     carried: list[str],
     options: CycleOptions,
 ) -> pd.DataFrame:
-    """Signals of the model at `row` -> the stored positions set (signal, vol, weight, stale)."""
-    signal = served_positions(signal)
-    signal = np.where(tradable(features)[row], signal, np.nan)
-    vol = features.vol[row]
-    weights = target_weights(signal[None], vol[None], options.vol_target)[0]
+    """Outputs of the model at `row` -> the stored positions set (signal, vol, weight, stale)."""
+    signal = np.where(tradable(features)[row], model_signal(model, signal), np.nan)
+    weights = model_weights(model, features, np.array([row]), signal[None], options.vol_target)[0]
     if options.portfolio_vol_target:
         weights = weights * _portfolio_leverage(model, features, row, options.vol_target)
     return pd.DataFrame(
@@ -150,6 +187,13 @@ def _positions_frame(
         },
         index=pd.Index(model.manifest.tickers, name="ticker"),
     )
+
+
+def _needed_sessions(model: LoadedModel) -> int:
+    """Stored sessions before a first cycle: the lookback, and the returns the
+    construction's covariance reads (the first session has no return)."""
+    returns = history_rows(model.manifest.construction)
+    return max(model.manifest.lookback, returns + 1 if returns else 0)
 
 
 def _compute(
@@ -169,6 +213,12 @@ def _compute(
     lookback = model.manifest.lookback
     if live.steps < lookback:
         raise CycleError(f"{live.steps} sessions stored; the model needs {lookback}")
+    if live.steps < _needed_sessions(model):
+        returns = history_rows(model.manifest.construction)
+        raise CycleError(
+            f"{live.steps} sessions stored; the {model.manifest.construction} construction "
+            f"needs {returns} daily returns ({returns + 1} sessions)"
+        )
     x = contract_inputs(features, np.array([row]), lookback)
     start = time.perf_counter()
     signal = model.positions(x)[0]
@@ -249,7 +299,6 @@ def run_cycles(
     """
     options = options or CycleOptions()
     pending = sorted({pd.Timestamp(s).normalize() for s in sessions})
-    lookback = model.manifest.lookback
     while pending:
         try:
             batch = batch_features(
@@ -262,7 +311,8 @@ def run_cycles(
         except Exception:  # the session's own cycle records what is wrong
             log.exception("batched features failed from %s", f"{pending[0]:%Y-%m-%d}")
             batch = None
-        days = [] if batch is None else [d for d in batch.rows if batch.steps[d] >= lookback]
+        needed = _needed_sessions(model)
+        days = [] if batch is None else [d for d in batch.rows if batch.steps[d] >= needed]
         if batch is None or not days or days[0] != pending[0]:
             yield run_cycle(engine, model, pending.pop(0), options=options, notify=notify)
             continue

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from momentum.construction import history_rows as construction_rows
 from momentum.data import PriceDataError, validate_prices
 from momentum.feature_state import FeatureState, FeatureStateError
 from momentum.features import FEATURES_VERSION, Features, compute_features, concat_rows
@@ -149,10 +150,12 @@ class SettledState:
 
 
 def history_rows(model: LoadedModel, portfolio_vol_target: bool, drift_rows: int = 63) -> int:
-    """Feature rows a cycle keeps: the lookback, the drift window, the portfolio-vol window."""
-    rows = max(model.manifest.lookback, drift_rows)
+    """Feature rows a cycle keeps: the lookback, the drift window, the returns the
+    construction's covariance reads, and the portfolio-vol window behind all of them."""
+    window = max(model.manifest.lookback, construction_rows(model.manifest.construction))
+    rows = max(window, drift_rows)
     if portfolio_vol_target:
-        rows = max(rows, model.manifest.lookback + PORTFOLIO_VOL_ROWS)
+        rows = max(rows, window + PORTFOLIO_VOL_ROWS)
     return rows
 
 

@@ -15,7 +15,8 @@ unfinished window resumes its Optuna study)::
     RUN/seed_<s>/window_<year>/trials/    every trial's weights
     RUN/seed_<s>/window_<year>/best.json  best trial, its hyperparameters and validation Sharpe
     RUN/seed_<s>/window_<year>/signals.parquet   out-of-sample positions of the window
-    RUN/oos.parquet                       date, ticker, seed, window, signal, vol, next_return, captured
+    RUN/oos.parquet                       date, ticker, seed, window, signal, vol, next_return,
+                                          position, captured
     RUN/benchmarks.parquet                date, ticker, strategy, signal, vol_scaled
     RUN/report.md, *.csv, metrics.json, plots/   the report (`training.report`)
 """
@@ -38,13 +39,21 @@ import numpy as np
 import pandas as pd
 
 from momentum import benchmarks as bm
+from momentum.construction import (
+    Construction,
+    check_construction,
+    construct_weights,
+    per_asset_leverage,
+)
 from momentum.data import EMBEDDED, load_index, load_prices, sectors
 from momentum.features import FEATURES_VERSION, FeatureConfig, Features, compute_features
 from momentum.metrics import sharpe_ratio
-from momentum.portfolio import captured_returns, strategy_returns
+from momentum.portfolio import leverage, portfolio_returns
+from momentum.sizing import Sizer, size_positions, sizer_for_loss
 from training.datasets import ModelData
 from training.ensemble import ensemble_positions, members
 from training.explain import slp_attribution_summary, tft_summary
+from training.losses import LossName
 from training.models import Universe, get_spec
 from training.search import SearchResult, run_search
 from training.splits import ExpandingWindow, Fold, Window
@@ -58,6 +67,8 @@ __all__ = [
     "Budget",
     "run_backtest",
     "run_features",
+    "run_positions",
+    "run_sizer",
     "seed_average",
     "universe_for",
 ]
@@ -122,6 +133,10 @@ class BacktestConfig:
     index levels: the embedded data's own index, or ``index`` (a file) for a price file.
     ``ensemble`` averages the positions of each window's top trials (1: the best
     trial alone); ``seed_ensemble`` averages the seeds' positions into one strategy.
+    ``objective`` is the training loss (Lim et al. 2019, section III-B); ``mse`` and
+    ``binary`` models trade sgn(output) (`momentum.sizing`). ``construction`` turns the
+    positions into portfolio weights (`momentum.construction`), with the sectors as
+    markets. ``features`` None takes the model's own default set (``ModelSpec.feature_set``).
     ``valid_fraction`` is the validation share of each training block;
     ``valid_folds`` scores every trial on that many blocked folds instead
     (`training.splits`), with a gap of the longest window the model may read.
@@ -147,7 +162,9 @@ class BacktestConfig:
     select_cost_bps: float | None = None
     valid_fraction: float = 0.1
     valid_folds: int | None = None
-    features: Literal["default", "extended"] = "default"
+    features: Literal["default", "extended"] | None = None
+    objective: LossName = "sharpe"
+    construction: Construction = "vol_scaled"
     index: str | None = None
     ensemble: int = 5
     seed_ensemble: bool = False
@@ -178,6 +195,10 @@ class BacktestConfig:
             raise ValueError(f"`valid_fraction` must be in (0, 1), got {self.valid_fraction}")
         if self.valid_folds is not None and self.valid_folds < 2:
             raise ValueError(f"`valid_folds` must be at least 2, got {self.valid_folds}")
+        if self.features is None:  # frozen: resolve the model's default set once, here
+            object.__setattr__(self, "features", get_spec(self.model).feature_set)
+        sizer_for_loss(self.objective)  # unknown objectives fail here, naming the choices
+        check_construction(self.construction)
         if self.features not in FEATURE_SETS:
             raise ValueError(
                 f"`features` must be one of {sorted(FEATURE_SETS)}, got {self.features!r}"
@@ -261,7 +282,7 @@ def run_features(
     prices = load_prices(config.data)
     if end is not None:
         prices = prices.loc[: pd.Timestamp(end)]
-    feature_config = FEATURE_SETS[config.features]
+    feature_config = FEATURE_SETS[config.features or "default"]  # None is resolved at init
     index = None
     if feature_config.extended:
         index = load_index(config.index if config.index is not None else config.data)
@@ -269,9 +290,16 @@ def run_features(
     return prices, compute_features(prices, feature_config, index=index), index
 
 
+# settings newer than some stored runs; those runs used the default (features: "default")
+_ADDED_SETTINGS = ("objective", "construction")
+
+
 def _check_config(path: Path, resolved: dict[str, Any]) -> None:
     """A rerun in the same directory must be the same experiment (resuming it)."""
     stored = json.loads(path.read_text())
+    # a setting added after the run was started is absent from its file: it ran on the default
+    defaults = {f.name: f.default for f in dataclasses.fields(BacktestConfig)}
+    stored = {**{k: defaults[k] for k in _ADDED_SETTINGS if k not in stored}, **stored}
     keys = [k for k in resolved if k not in ("workers", "executor", "ray_address")]
     diff = {k: (stored.get(k), resolved[k]) for k in keys if stored.get(k) != resolved[k]}
     if diff:
@@ -291,31 +319,72 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def _long(features: Features, rows: np.ndarray, signal: np.ndarray, **columns: Any) -> pd.DataFrame:
-    """One row per (date, ticker) of `rows` with the signal, vol and next-day return."""
+def _long(
+    features: Features,
+    rows: np.ndarray,
+    signal: np.ndarray,
+    position: np.ndarray | None = None,
+    **columns: Any,
+) -> pd.DataFrame:
+    """One row per (date, ticker) of `rows` with the signal, vol and next-day return, and
+    with a `position` panel (per-asset leverage) its captured return ``position * r``."""
     n_rows, n_assets = signal.shape
     dates = np.repeat(features.dates[rows].to_numpy(), n_assets)
-    vol = features.vol[rows]
     nxt = features.next_returns[rows]
     frame = pd.DataFrame(
         {
             "date": dates,
             "ticker": np.tile(np.asarray(features.tickers, dtype=object), n_rows),
             "signal": signal.ravel(),
-            "vol": vol.ravel(),
+            "vol": features.vol[rows].ravel(),
             "next_return": nxt.ravel(),
-            "captured": captured_returns(signal, nxt, vol).ravel(),
         }
     )
+    if position is not None:
+        frame["position"] = position.ravel()
+        frame["captured"] = (position * nxt).ravel()
     for key, value in columns.items():
         frame[key] = value
     return frame
 
 
-def _window_sharpe(features: Features, rows: np.ndarray, signal: np.ndarray) -> float:
-    return float(
-        sharpe_ratio(strategy_returns(signal, features.next_returns[rows], features.vol[rows]))
+def run_sizer(config: BacktestConfig) -> Sizer:
+    """How the run's model outputs become positions: sgn() for the mse and binary
+    objectives (`momentum.sizing`); a ``loss`` pinned with ``fixed`` wins."""
+    return sizer_for_loss(str(config.fixed.get("loss", config.objective)))
+
+
+def run_positions(
+    config: BacktestConfig,
+    universe: Universe,
+    features: Features,
+    rows: np.ndarray,
+    signal: np.ndarray,
+) -> np.ndarray:
+    """Per-asset leverage of `signal` (``[len(rows), N]``) under the run's construction.
+
+    ``vol_scaled``: ``X sigma_tgt / s`` (eq. 1); otherwise ``N_t w`` of the constructed
+    weights (`momentum.construction.per_asset_leverage`), with the universe's markets as
+    the sectors and the full return history feeding the covariance.
+    """
+    if config.construction == "vol_scaled":
+        return leverage(signal, features.vol[rows])
+    full = np.full(features.vol.shape, np.nan)
+    full[rows] = signal
+    sectors = universe.markets or (tuple(range(universe.n_assets)),)
+    weights = construct_weights(
+        config.construction,
+        full,
+        features.vol,
+        returns=features.returns,
+        sectors=sectors,
+        rows=rows,
     )
+    return per_asset_leverage(weights)
+
+
+def _window_sharpe(features: Features, rows: np.ndarray, position: np.ndarray) -> float:
+    return float(sharpe_ratio(portfolio_returns(position * features.next_returns[rows])))
 
 
 def base_train_config(config: BacktestConfig, seed: int) -> TrainConfig:
@@ -326,6 +395,7 @@ def base_train_config(config: BacktestConfig, seed: int) -> TrainConfig:
         max_epochs=budget.max_epochs,
         patience=budget.patience,
         cost_bps=config.turnover_cost_bps,
+        loss=config.objective,
         select=config.select,
         select_cost_bps=config.select_cost_bps,
         seq_len=config.seq_len,
@@ -405,8 +475,10 @@ def _run_window(
         config.model, directory, result, config.ensemble, base=base, fixed=config.fixed
     )
     best = ensemble[0]
-    # the top `config.ensemble` trials' positions averaged (one trial: the argmax)
-    signal = ensemble_positions(config.model, ensemble, data, window.test)
+    # the top `config.ensemble` trials' outputs averaged (one trial: the argmax), then sized
+    outputs = ensemble_positions(config.model, ensemble, data, window.test)
+    signal = size_positions(run_sizer(config), outputs)
+    position = run_positions(config, universe, features, window.test, signal)
     shutil.copyfile(directory / "trials" / f"{result.best_trial}.pt", directory / "model.pt")
     _explain_window(config.model, best.model, data, window.test, best.train_config, directory)
     _write_json(
@@ -420,30 +492,41 @@ def _run_window(
             "valid_net_sharpe": result.best_attrs.get("valid_net_sharpe", result.best_value),
             # the trials whose positions `test_sharpe` and the signals average, best first
             "members": [{"trial": m.trial, "score": m.score} for m in ensemble],
-            "test_sharpe": _window_sharpe(features, window.test, signal),
+            "test_sharpe": _window_sharpe(features, window.test, position),
             "train_rows": [int(window.train[0]), int(window.train[-1])],
             "valid_rows": [int(window.valid[0]), int(window.valid[-1])],
             "test_start": f"{window.test_start:%Y-%m-%d}",
             "test_end": f"{window.test_end:%Y-%m-%d}",
         },
     )
-    frame = _long(features, window.test, signal, seed=seed, window=window.name)
+    frame = _long(features, window.test, signal, position, seed=seed, window=window.name)
     _write_parquet(directory / "signals.parquet", frame)  # written last: the window is done
     return frame
 
 
-def seed_average(oos: pd.DataFrame) -> pd.DataFrame:
-    """The seeds' signals averaged per (date, ticker) into one strategy (``seed`` 0), its
-    captured return recomputed from the averaged signal (eq. 1); as the papers average
-    several runs of a model."""
+def seed_average(
+    oos: pd.DataFrame,
+    positions: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    features: Features,
+) -> pd.DataFrame:
+    """The seeds' signals averaged per (date, ticker) into one strategy (``seed`` 0), as the
+    papers average several runs of a model; its positions and captured returns recomputed
+    from the averaged signal by `positions` (``(rows, signal panel) -> leverage panel``,
+    e.g. `run_positions`)."""
     keys = ["date", "ticker", "window"] if "window" in oos.columns else ["date", "ticker"]
     averaged = (
         oos.groupby(keys, sort=True)
         .agg(signal=("signal", "mean"), vol=("vol", "first"), next_return=("next_return", "first"))
         .reset_index()
     )
-    signal, nxt, vol = (averaged[c].to_numpy()[:, None] for c in ("signal", "next_return", "vol"))
-    averaged["captured"] = captured_returns(signal, nxt, vol)[:, 0]  # (rows, 1) panels
+    row = features.dates.get_indexer(pd.DatetimeIndex(averaged["date"]))
+    col = pd.Index(features.tickers).get_indexer(pd.Index(averaged["ticker"]))
+    rows = np.unique(row)
+    panel = np.full((len(rows), len(features.tickers)), np.nan)
+    at = np.searchsorted(rows, row)
+    panel[at, col] = averaged["signal"].to_numpy()
+    averaged["position"] = positions(rows, panel)[at, col]
+    averaged["captured"] = averaged["position"] * averaged["next_return"]
     averaged["seed"] = 0
     return averaged[[c for c in oos.columns if c in averaged.columns]]
 
@@ -600,7 +683,11 @@ def run_backtest(
 
     oos = pd.concat(frames, ignore_index=True)
     if config.seed_ensemble:
-        oos = seed_average(oos)
+        oos = seed_average(
+            oos,
+            lambda rows, signal: run_positions(config, universe, features, rows, signal),
+            features,
+        )
     _write_parquet(out / "oos.parquet", oos)
     rows = np.flatnonzero(features.dates.isin(pd.DatetimeIndex(oos["date"].unique())))
     _write_parquet(out / "benchmarks.parquet", _benchmarks(features, rows))

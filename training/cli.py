@@ -44,7 +44,9 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
         "--model",
         required=model_required,
         default=None,
-        help="registry name: slp, mlp, cnn, lstm, dmn, tft, quantnet, no_transfer",
+        help="architecture: slp, mlp, cnn, lstm, dmn, "
+        "lasso, mlp_dmn, wavenet, tft, quantnet, no_transfer, rnn, deep_rnn, gru, lstm_xs, "
+        "deep_lstm",
     )
     p.add_argument(
         "--data",
@@ -59,9 +61,26 @@ def _training_options(p: argparse.ArgumentParser, *, model_required: bool) -> No
     p.add_argument(
         "--features",
         choices=("default", "extended"),
-        default="default",
-        help="feature set: the papers' 8 (default) or the RNN equities paper's extended set "
-        "(adds realised vol, beta, CTI and alpha returns; needs the market index levels)",
+        default=None,
+        help="feature set: the papers' 8 or the RNN equities paper's extended set "
+        "(adds realised vol, beta, CTI and alpha returns; needs the market index levels); "
+        "default: the model's own (extended for the RNN paper's models, else the 8)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("sharpe", "returns", "mse", "binary"),
+        default="sharpe",
+        help="training loss (DMN paper III-B): the Sharpe ratio (default) or average return "
+        "of the positions, or a regression (mse) / classification (binary) forecast of the "
+        "next vol-scaled return traded as sgn(forecast)",
+    )
+    p.add_argument(
+        "--construction",
+        choices=("vol_scaled", "zero_mean", "sector_neutral_mv"),
+        default="vol_scaled",
+        help="positions -> portfolio weights: each asset vol-scaled to 15%% (default), "
+        "demeaned across assets then vol-scaled, or the RNN paper's sector-neutral "
+        "mean-variance weights (gross one, sectors from --sectors or the embedded GICS)",
     )
     p.add_argument(
         "--index",
@@ -307,6 +326,8 @@ def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
         valid_fraction=args.valid_fraction,
         valid_folds=args.valid_folds,
         features=args.features,
+        objective=args.objective,
+        construction=args.construction,
         index=args.index,
         ensemble=args.ensemble,
         seed_ensemble=args.seed_ensemble,

@@ -18,6 +18,7 @@ import math
 import platform
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from momentum.construction import Construction
 from momentum.contract import INPUT_NAME, OUTPUT_NAME, predict_rows
 from momentum.drift import BASELINE_LEVEL, DRIFT_WINDOW, level_shares, window_psi_baseline
 from momentum.features import Features
@@ -42,12 +44,14 @@ from momentum.manifest import (
     reference_quantiles,
 )
 from momentum.metrics import max_drawdown, sharpe_ratio
-from momentum.portfolio import portfolio_returns, strategy_returns, target_weights, turnover
+from momentum.portfolio import leverage, portfolio_returns, turnover
 from momentum.registry import ModelVersion, publish, version_id
+from momentum.sizing import Sizer, size_positions
 from training.backtest import (
     BacktestConfig,
     base_train_config,
     run_features,
+    run_sizer,
     search_split,
     universe_for,
 )
@@ -67,6 +71,19 @@ def lookback_of(name: str, model_config: Any, hyper: dict[str, Any], default_seq
         return int(model_config.lookback)
     train_part = split_hyperparameters(get_spec(name), hyper)[1]
     return int(train_part.get("seq_len", default_seq_len))
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the service turns the graph's output into weights: the run's sizer and
+    construction, recorded in the manifest."""
+
+    sizer: Sizer
+    construction: Construction
+
+    @classmethod
+    def of(cls, config: BacktestConfig) -> Serving:
+        return cls(run_sizer(config), config.construction)
 
 
 def _member(member: Member) -> EnsembleMember:
@@ -102,9 +119,10 @@ SIGNAL_QUANTILE_VALUES = 262_144
 
 
 def _validation_signals(
-    graph: ExportedGraph, features: Features, rows: np.ndarray, lookback: int
+    graph: ExportedGraph, features: Features, rows: np.ndarray, lookback: int, sizer: str
 ) -> np.ndarray:
-    """The exported model's positions on `rows` as served, ``(rows, N)``, NaN if not tradable.
+    """The exported model's positions on `rows` as served (sized by `sizer`), ``(rows, N)``,
+    NaN if not tradable.
 
     A wide universe keeps evenly spaced rows only (at most SIGNAL_QUANTILE_VALUES values).
     """
@@ -112,9 +130,10 @@ def _validation_signals(
     if len(rows) > most:
         rows = rows[np.linspace(0, len(rows) - 1, most).round().astype(np.int64)]
     session = onnx_session(graph.path)
-    return predict_rows(
+    outputs = predict_rows(
         lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], features, rows, lookback
     )
+    return size_positions(sizer, outputs)
 
 
 def _quantiles(values: np.ndarray) -> list[float]:
@@ -180,6 +199,7 @@ def _publish(
     source: dict[str, Any],
     test_span: tuple[pd.Timestamp, pd.Timestamp] | None,
     registry: Path,
+    serving: Serving,
     log: Callable[[str], None],
 ) -> ModelVersion:
     spec = get_spec(architecture)
@@ -205,7 +225,7 @@ def _publish(
         dates = features.dates
         reference_rows = features.values[train_rows[0] : valid_rows[-1] + 1]
         reference = reference_quantiles(reference_rows, features.names)
-        signals = _validation_signals(graph, features, valid_rows, lookback)
+        signals = _validation_signals(graph, features, valid_rows, lookback, serving.sizer)
         signal_edges = _quantiles(signals)
         created = datetime.now(UTC)
         manifest = Manifest(
@@ -249,6 +269,8 @@ def _publish(
             parity_tolerance=graph.parity_tolerance,
             source=source,
             members=None if len(ensemble) == 1 else [_member(m) for m in ensemble],
+            sizer=serving.sizer,
+            construction=serving.construction,
         )
         version = publish(registry, graph.path, manifest)
     log(f"published {name} {version.version} -> {version.path}")
@@ -256,22 +278,28 @@ def _publish(
 
 
 def _test_metrics(signals: pd.DataFrame, tickers: tuple[str, ...]) -> dict[str, float | None]:
-    """Out-of-sample Sharpe, max drawdown and average daily turnover of a window's signals."""
+    """Out-of-sample Sharpe, max drawdown and average daily turnover of a window's positions
+    (its ``position`` column, the per-asset leverage of the run's construction; windows
+    written before it existed: the vol-scaled signal, eq. 1)."""
+    columns = ["signal", "vol", "next_return"] + (["position"] if "position" in signals else [])
     wide = {
-        column: signals.pivot(index="date", columns="ticker", values=column).reindex(
-            columns=list(tickers)
-        )
-        for column in ("signal", "vol", "next_return")
+        column: signals.pivot(index="date", columns="ticker", values=column)
+        .reindex(columns=list(tickers))
+        .to_numpy()
+        for column in columns
     }
-    signal, vol = wide["signal"].to_numpy(), wide["vol"].to_numpy()
-    daily = strategy_returns(signal, wide["next_return"].to_numpy(), vol)
+    position = wide.get("position")
+    if position is None:
+        position = leverage(wide["signal"], wide["vol"])
+    daily = portfolio_returns(position * wide["next_return"])
     daily = daily[np.isfinite(daily)]
+    weights = position / np.maximum(np.isfinite(position).sum(axis=1, keepdims=True), 1)
     # traded weight per day, as the service's turnover metric and paper ledger count it
-    traded = np.nansum(turnover(np.nan_to_num(target_weights(signal, vol))), axis=1)
+    traded = np.nansum(turnover(np.nan_to_num(weights)), axis=1)
     return {
         "test_sharpe": float(sharpe_ratio(daily)),
         "test_max_drawdown": float(max_drawdown(daily)),
-        "test_turnover": float(np.nanmean(portfolio_returns(turnover(signal, vol)))),
+        "test_turnover": float(np.nanmean(portfolio_returns(turnover(position)))),
         "test_weight_turnover": float(np.mean(traded)),
     }
 
@@ -341,6 +369,7 @@ def export_window(
         source={"run": str(run.resolve()), "seed": seed, "window": directory.name, **best},
         test_span=(pd.Timestamp(best["test_start"]), pd.Timestamp(best["test_end"])),
         registry=Path(registry),
+        serving=Serving.of(config),
         log=log,
     )
 
@@ -406,5 +435,6 @@ def export_production(
         source={"search": str(Path(out).resolve()), "trial": result.best_trial},
         test_span=None,
         registry=Path(registry),
+        serving=Serving.of(config),
         log=log,
     )

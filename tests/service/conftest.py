@@ -143,6 +143,7 @@ def exported_backtest(root: Path, **config: Any) -> dict[str, Any]:
     version = export_window(run, registry=registry, log=lambda _: None)
     promote(registry, version.name, version.version)
     signals = pd.read_parquet(run / "seed_0" / "window_2021" / "signals.parquet")
+    position = signals.pivot(index="date", columns="ticker", values="position")
     return {
         "registry": registry,
         "name": version.name,
@@ -150,6 +151,8 @@ def exported_backtest(root: Path, **config: Any) -> dict[str, Any]:
         "manifest": version.manifest,
         "signals": signals.pivot(index="date", columns="ticker", values="signal"),
         "vol": signals.pivot(index="date", columns="ticker", values="vol"),
+        # the backtest's weights: its per-asset leverage N_t w over N_t
+        "weights": position.div(position.notna().sum(axis=1), axis=0),
     }
 
 

@@ -80,7 +80,7 @@ STEPS = [
     ("continue_panel", lambda m: m.setattr(FeatureState, "continue_panel", _boom)),
     ("advance", lambda m: m.setattr(FeatureState, "advance", _boom)),
     ("contract_inputs", lambda m: m.setattr(cycle_module, "contract_inputs", _boom)),
-    ("target_weights", lambda m: m.setattr(cycle_module, "target_weights", _boom)),
+    ("construct_weights", lambda m: m.setattr(cycle_module, "construct_weights", _boom)),
     ("write_feature_state", lambda m: m.setattr(store, "write_feature_state", _boom)),
 ]
 

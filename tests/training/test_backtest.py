@@ -78,6 +78,60 @@ def test_tiny_backtest_run_directory(model, extra, price_file, tmp_path):
         assert "slp_attribution" in report
 
 
+def test_a_sector_neutral_seed_ensemble_stores_its_weights(price_file, tmp_path):
+    """--construction sector_neutral_mv with --sectors: each date's stored per-asset leverage
+    N_t w is zero in every sector and gross one over N_t, also after --seed-ensemble averages
+    the seeds' signals (the weights are rebuilt from the averaged signal)."""
+    panel = synthetic_prices(n_assets=6, n_days=1650, n_markets=2, seed=5)
+    sectors = tmp_path / "sectors.csv"
+    pd.Series(panel.markets, name="sector").rename_axis("ticker").to_csv(sectors)
+    out = tmp_path / "run"
+    _run(
+        "slp",
+        price_file,
+        out,
+        "--construction",
+        "sector_neutral_mv",
+        "--sectors",
+        str(sectors),
+        "--seed-ensemble",
+    )
+    assert json.loads((out / "config.json").read_text())["construction"] == "sector_neutral_mv"
+    oos = pd.read_parquet(out / "oos.parquet")
+    assert set(oos.seed) == {0}
+    oos["sector"] = oos.ticker.map(panel.markets)
+    held = oos.dropna(subset=["position"])
+    n_t = held.groupby("date")["position"].transform("size")
+    weight = held["position"] / n_t
+    gross = weight.abs().groupby(held["date"]).sum()
+    assert len(gross) > 300 and np.allclose(gross, 1.0, atol=1e-9)
+    net = weight.groupby([held["date"], held["sector"]]).sum()
+    assert np.abs(net).max() < 1e-9
+    # the averaged signal of the two seeds, not either seed's
+    seeds = [pd.read_parquet(p) for p in sorted(out.glob("seed_*/window_2005/signals.parquet"))]
+    mean = (seeds[0]["signal"].to_numpy() + seeds[1]["signal"].to_numpy()) / 2
+    first = oos[oos.window == "2005"].sort_values(["date", "ticker"])
+    order = seeds[0].sort_values(["date", "ticker"]).index
+    np.testing.assert_allclose(first["signal"].to_numpy(), mean[order], atol=1e-12)
+    np.testing.assert_allclose(first["captured"], first["position"] * first["next_return"])
+
+
+def test_an_older_run_without_the_new_settings_resumes(price_file, tmp_path):
+    """A config.json written before --objective and --construction existed ran on their
+    defaults: resuming it is not refused as a different backtest."""
+    out = tmp_path / "run"
+    _run("slp", price_file, out)
+    path = out / "config.json"
+    stored = json.loads(path.read_text())
+    for key in ("objective", "construction"):
+        del stored[key]
+    path.write_text(json.dumps(stored))
+    _run("slp", price_file, out)  # resumes (every window done): no refusal
+    argv = ["backtest", "--model", "slp", "--data", str(price_file), *ARGS, "--seeds", "2"]
+    argv += ["--trials", "2", "--epochs", "2", "--out", str(out), "--objective", "mse"]
+    assert main(argv) == 2  # another objective is another experiment
+
+
 def test_rerun_with_other_settings_is_refused(price_file, tmp_path):
     out = tmp_path / "run"
     _run("slp", price_file, out)

@@ -460,3 +460,47 @@ def test_runs_without_common_dates_are_rejected(tmp_path: Path, features: Featur
         daily_returns([load_run(early), load_run(late)])
     with pytest.raises(ValueError, match="given twice"):
         daily_returns([load_run(early), load_run(early)])
+
+
+# ------------------------------------------------------------- constructed portfolios
+
+
+def test_a_constructed_run_is_reported_from_its_stored_weights(tmp_path, features):
+    """A run whose construction is not eq. 1's vol scaling stores its per-asset leverage
+    N_t w; the report's return of the model is then sum_i w_i r_{i,t+1}."""
+    from momentum.construction import construct_weights, per_asset_leverage
+    from momentum.portfolio import strategy_returns
+
+    rows = np.arange(FIRST_OOS_ROW, len(features.dates))
+    signal = noisy_tsmom(features)
+    half = len(features.tickers) // 2
+    sectors = [list(range(half)), list(range(half, len(features.tickers)))]
+    weights = construct_weights(
+        "sector_neutral_mv",
+        signal,
+        features.vol,
+        returns=features.returns,
+        sectors=sectors,
+        rows=rows,
+    )
+    config = {"model": "slp", "data": "synthetic", "construction": "sector_neutral_mv"}
+    path = write_run(tmp_path / "run", features, {0: signal}, config, rows=rows)
+    oos = pd.read_parquet(path / "oos.parquet")
+    bare = path.parent / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps(config))
+    oos.to_parquet(bare / "oos.parquet", index=False)
+    (bare / "benchmarks.parquet").write_bytes((path / "benchmarks.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['position'\]"):
+        load_run(bare)
+
+    oos["position"] = per_asset_leverage(weights).ravel()
+    oos.to_parquet(path / "oos.parquet", index=False)
+    model = daily_returns(load_run(path))["slp"][0]
+    expected = np.nansum(weights * features.next_returns[rows], axis=1)
+    earned = np.isfinite(model)  # the last date has no next return yet
+    assert earned.sum() == len(rows) - 1
+    np.testing.assert_allclose(model[earned], expected[earned], rtol=1e-12, atol=1e-15)
+    # the vol-scaled reading of the same signal is a different strategy
+    vol_scaled = strategy_returns(signal[rows], features.next_returns[rows], features.vol[rows])
+    assert np.nanmax(np.abs(model - vol_scaled)) > 1e-4

@@ -3,8 +3,9 @@
 Reads what the backtest runner writes (no torch, no models: files only)::
 
     RUN/config.json        {"label": ..., "model": ..., "data": ..., "seeds": ..., ...}
-    RUN/oos.parquet        date, ticker, seed, [window], signal, vol, next_return (one row per
-                           date x ticker x seed; extra columns are ignored)
+    RUN/oos.parquet        date, ticker, seed, [window], signal, vol, next_return, and position
+                           (per-asset leverage) when config.json's construction is not
+                           vol_scaled (one row per date x ticker x seed; extra columns ignored)
     RUN/benchmarks.parquet date, ticker, strategy, signal, vol_scaled (on the oos dates/tickers)
 
 Every return comes from `momentum.portfolio` (positions, eqs. 1, 12, 13; signal delay); this
@@ -97,6 +98,11 @@ class Run:
         return str(self.config.get("label") or self.config["model"])
 
     @property
+    def construction(self) -> str:
+        """``config["construction"]``: how positions became weights (default vol_scaled)."""
+        return str(self.config.get("construction", "vol_scaled"))
+
+    @property
     def seeds(self) -> list[int]:
         """The seeds present in ``oos``, ascending."""
         return sorted(int(s) for s in self.oos["seed"].unique())
@@ -126,7 +132,12 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {path} does not exist")
     config = _read_config(path / CONFIG_FILE)
-    oos = _clean_oos(_read_parquet(path / OOS_FILE, _OOS_COLUMNS), path / OOS_FILE)
+    # a constructed portfolio (not eq. 1's vol scaling) is carried as its per-asset leverage
+    constructed = config.get("construction", "vol_scaled") != "vol_scaled"
+    columns = (*_OOS_COLUMNS, "position") if constructed else _OOS_COLUMNS
+    oos = _clean_oos(_read_parquet(path / OOS_FILE, columns), path / OOS_FILE)
+    if constructed:
+        oos["position"] = _numeric(oos, "position", path / OOS_FILE)
     benchmarks = _clean_benchmarks(
         _read_parquet(path / BENCHMARKS_FILE, _BENCHMARK_COLUMNS), path / BENCHMARKS_FILE, oos
     )
@@ -415,11 +426,14 @@ def build_strategies(runs: list[Run]) -> list[Strategy]:
         nxt = _shared_panel(run, grid, "next_return")
         rows = grid.dates.get_indexer(common)
         seed_of_row = run.oos["seed"].to_numpy()
-        signal = run.oos["signal"].to_numpy()
+        # eq. (1) vol-scales the signal; any other construction stored its per-asset
+        # leverage N_t w (`momentum.construction`), whose 1/N_t average return is sum_i w_i r_i
+        scaled = run.construction == "vol_scaled"
+        signal = run.oos["signal" if scaled else "position"].to_numpy()
         signals = [grid.panel(signal, seed_of_row == seed) for seed in run.seeds]
-        # eq. (1): model positions are always vol-scaled
+        sized = vol if scaled else None
         models.append(
-            Strategy(run.label, run.label, True, signals, vol, nxt, rows, run, grid.tickers)
+            Strategy(run.label, run.label, True, signals, sized, nxt, rows, run, grid.tickers)
         )
         if i == 0:
             benchmarks = _benchmark_strategies(run, grid, vol, nxt, rows)
