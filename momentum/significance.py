@@ -1,9 +1,10 @@
-"""How sure a Sharpe ratio or an alpha is: standard errors and tests over daily returns.
+"""How sure a Sharpe ratio, an alpha or a signal is: standard errors and tests.
 
 Pure functions of 1-D arrays of *daily* simple returns, like `momentum.metrics` (NaNs are
-dropped, infinities are an error, undefined results are ``nan``). Figures are annualised with
-``TRADING_DAYS``: a Sharpe ratio and its standard error both scale by sqrt(252), so their
-ratio (the number of standard errors) does not depend on the frequency.
+dropped, infinities are an error, undefined results are ``nan``), and one regression over
+(date, asset) panels of signals and next-day returns (`signal_regression`). Figures are
+annualised with ``TRADING_DAYS``: a Sharpe ratio and its standard error both scale by
+sqrt(252), so their ratio (the number of standard errors) does not depend on the frequency.
 
 References
 ----------
@@ -19,6 +20,10 @@ References
   the Bartlett-weighted long-run covariance used throughout.
 * Newey, W. K. and West, K. D. (1994). "Automatic lag selection in covariance matrix
   estimation". Review of Economic Studies 61(4): the default lag floor(4 (T / 100)^(2/9)).
+* Boutier, M. (2023). "Systematic trading: predicting cross-sectional returns of US Equities
+  using Recurrent Neural Networks", appendix "Metrics to assess the performance of a long short strategy": the R²
+  and the t-statistic of the signal in the regression of subsequent stock returns on the
+  model's predicted signals (`signal_regression`).
 
 Where this module differs from Ledoit & Wolf: they recommend a prewhitened quadratic-spectral
 kernel (or their studentised circular block bootstrap) for small samples; this module uses the
@@ -42,11 +47,13 @@ from momentum.metrics import TRADING_DAYS, daily_series, sharpe_ratio
 __all__ = [
     "Regression",
     "SharpeDifference",
+    "SignalRegression",
     "alpha_beta",
     "long_run_covariance",
     "newey_west_lags",
     "sharpe_difference_test",
     "sharpe_ratio_se",
+    "signal_regression",
 ]
 
 _SQRT_YEAR = math.sqrt(TRADING_DAYS)
@@ -416,3 +423,110 @@ def alpha_beta(
     return Regression(
         float(alpha), float(coef[1]), float(alpha_se), float(se[1]), alpha_t, r_squared, n, lag
     )
+
+
+@dataclass(frozen=True)
+class SignalRegression:
+    """Pooled OLS of next-day asset returns on a signal: ``r_{i,t+1} = a + b s_{i,t} + e``.
+
+    Attributes
+    ----------
+    slope : float
+        ``b``, return per unit of signal.
+    intercept : float
+        ``a``, daily.
+    slope_se : float
+        Classical OLS standard error of ``b``, ``sqrt(s^2 / sum (s_i - mean s)^2)`` with
+        ``s^2`` the residual variance on ``n - 2`` degrees of freedom.
+    t : float
+        ``slope / slope_se``, Boutier (2023)'s "T-statistic of the signal".
+    r_squared : float
+        Boutier (2023)'s "R²": the share of the returns' variance the signal explains.
+    n : int
+        (date, asset) pairs used (signal and return both finite).
+    """
+
+    slope: float
+    intercept: float
+    slope_se: float
+    t: float
+    r_squared: float
+    n: int
+
+
+def signal_regression(signal: ArrayLike, next_return: ArrayLike) -> SignalRegression:
+    """Boutier (2023)'s R² and t-statistic of a signal: pooled OLS of next-day returns on it.
+
+    The paper's definition (appendix, "Metrics to assess the performance of a long short
+    strategy"): the coefficient of determination of "the regression between the model's
+    predicted signals for each stock and their subsequent returns", and the t-statistic of
+    the signal in that regression. Every (date, asset) pair is one observation: the panels
+    are flattened, pairs where either value is NaN dropped, and ``r = a + b s + e`` fitted by
+    ordinary least squares with the classical standard error of ``b``.
+
+    That standard error treats the pairs as independent. They are not: the returns of one
+    date move together across assets (the market, sectors), and a signal that persists from
+    day to day repeats the same bet, so the effective number of observations is far below
+    ``n`` and the t-statistic overstates the significance of the signal (|t| > 1.96 is not
+    a 5% test here). Clustered or Newey-West errors, or the t-statistic of the daily
+    cross-sectional slopes (Fama-MacBeth), would be honest; this function gives the paper's
+    figure, to compare with its Table 3.
+
+    Parameters
+    ----------
+    signal : array_like
+        The signal decided at the close of t, e.g. a [T, N] panel of a model's outputs.
+    next_return : array_like, same shape as ``signal``
+        Each asset's return over (t, t+1].
+
+    Returns
+    -------
+    SignalRegression
+        Slope, its error, t and R² are nan with fewer than 3 pairs or a constant signal; t
+        is nan for an exact fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.stats
+    >>> rng = np.random.default_rng(3)
+    >>> s = rng.normal(0.0, 1.0, (250, 20))
+    >>> r = 0.001 * s + rng.normal(0.0, 0.02, (250, 20))
+    >>> fit = signal_regression(s, r)
+    >>> ols = scipy.stats.linregress(s.ravel(), r.ravel())
+    >>> bool(np.isclose(fit.t, ols.slope / ols.stderr))
+    True
+    >>> bool(np.isclose(fit.r_squared, ols.rvalue**2))
+    True
+    """
+    try:
+        x = np.asarray(signal, dtype=np.float64)
+        y = np.asarray(next_return, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`signal` and `next_return` must be numeric arrays: {exc}") from exc
+    if x.shape != y.shape:
+        raise ValueError(
+            f"`signal` and `next_return` must have the same shape, got {x.shape} and {y.shape}"
+        )
+    for name, values in (("signal", x), ("next_return", y)):
+        if np.isinf(values).any():
+            raise ValueError(f"`{name}` contains an infinite value")
+    both = np.isfinite(x) & np.isfinite(y)
+    x, y = x[both], y[both]  # (n,): one pair per (date, asset)
+    n = x.size
+    if not _has_spread(x):
+        intercept = float(y.mean()) if n else math.nan
+        return SignalRegression(math.nan, intercept, math.nan, math.nan, math.nan, n)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ dy) / sxx
+    intercept = float(y.mean()) - slope * float(x.mean())
+    residual = dy - slope * dx
+    unexplained = float(residual @ residual)
+    total = float(dy @ dy)
+    r_squared = 1.0 - unexplained / total if total > 0 else math.nan
+    slope_se = math.sqrt(unexplained / (n - 2) / sxx)
+    # an exact fit leaves rounding noise as the error, and slope / noise is no t-statistic
+    exact = unexplained <= 1e-20 * max(total, float(y @ y))
+    t = slope / slope_se if slope_se > 0 and not exact else math.nan
+    return SignalRegression(slope, intercept, slope_se, t, r_squared, n)

@@ -20,7 +20,11 @@ and writes one report over one or more runs:
 5. 1-year rolling correlations with TSMOM (STMOM Fig. 3);
 6-10. transaction costs (STMOM Table 4), turnover, correlations, equal-risk combinations
    (STMOM Table 5), the delayed-signal stress test (Boutier 2023); 11. plots;
-   12. model explanations.
+   12. model explanations;
+13-14. only when such runs are given: the DMN paper's grid of architectures x objectives
+   (Lim, Zohren & Roberts 2019, Exhibits 2, 3, 6, 7; lasso, mlp_dmn, wavenet, dmn runs) and
+   Boutier (2023) Table 3 with the R² and t-statistic of its signal regression and the
+   delayed-signal rows (rnn, deep_rnn, gru, lstm_xs, deep_lstm runs).
 
 Every number comes from `momentum.portfolio` (positions, eqs. 1, 12, 13; rescaling; signal
 delay), `momentum.metrics` (the table columns) and `momentum.significance` (standard errors
@@ -39,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from momentum.metrics import PAPER_COLUMNS
-from training.reporting import plots, sections
+from training.reporting import papers, plots, sections
 from training.reporting.compare import verdict
 from training.reporting.runs import (
     Run,
@@ -183,7 +187,9 @@ def build_report(
     ``sharpe_tests_5bps.csv``, ``asset_sharpes.csv``, ``asset_sharpe.csv``,
     ``asset_tests.csv``, ``alpha_beta.csv``, ``rolling_correlation_tsmom.csv``,
     ``costs.csv``, ``turnover.csv``, ``correlation.csv``, ``combinations.csv``,
-    ``delays.csv``, copies of the runs' explanation CSVs); ``metrics.json``;
+    ``delays.csv``, copies of the runs' explanation CSVs; with the DMN paper's models
+    ``dmn_grid.csv``, ``dmn_grid_sharpe.csv``, ``dmn_grid_costs.csv``; with Boutier's
+    ``rnn_table.csv``, ``rnn_delays.csv``); ``metrics.json``;
     ``plots/cumulative_returns.png``, ``plots/turnover.png``, ``plots/sharpe_vs_cost.png``,
     ``plots/rolling_correlation_tsmom.png``.
 
@@ -224,7 +230,8 @@ def build_report(
     ``"versus": {bps: {benchmark: {"sharpe", "benchmark_sharpe", "difference", "se",
     "std_errors", "p_value", "days", "verdict"}}}`` (the verdict: one plain sentence). The
     paper columns are at 0 bps; the standard errors and tests use the seed-averaged return;
-    undefined values are null.
+    undefined values are null. Strategies of the paper sections also have ``"dmn_grid"`` or
+    ``"rnn_table"`` (see `training.reporting.papers.metrics_entries`).
     """
     if isinstance(run_paths, (str, Path)):
         raise ValueError("`run_paths` must be a list of run directories, got a single path")
@@ -236,6 +243,7 @@ def build_report(
     strategies = build_strategies(runs)
     pairs, notes = combination_pairs(strategies, combinations)
     tables = compute_tables(strategies, dates, costs, net_cost, lags, pairs, market)
+    paper_tables = papers.compute_papers(strategies, tables, dates)
 
     out = Path(out)
     plot_dir = out / "plots"
@@ -272,8 +280,11 @@ def build_report(
         "No run has an `explain/` folder with CSVs.",
         "",
     ]
+    lines += papers.paper_sections(paper_tables, lags, out, first=13)
 
     metrics = _metrics_json(tables, costs, lags)
+    for name, entries in papers.metrics_entries(paper_tables).items():
+        metrics[name].update(entries)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     report = out / "report.md"
     report.write_text("\n".join(lines).rstrip("\n") + "\n")

@@ -103,6 +103,11 @@ class Run:
         return str(self.config.get("construction", "vol_scaled"))
 
     @property
+    def objective(self) -> str:
+        """``config["objective"]``: the training loss (default sharpe, as runs before it)."""
+        return str(self.config.get("objective", "sharpe"))
+
+    @property
     def seeds(self) -> list[int]:
         """The seeds present in ``oos``, ascending."""
         return sorted(int(s) for s in self.oos["seed"].unique())

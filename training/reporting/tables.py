@@ -41,6 +41,7 @@ __all__ = [
     "mean_sharpe",
     "paper_table",
     "seed_mean",
+    "seed_table",
 ]
 
 DIGITS = 3
@@ -119,25 +120,51 @@ def fmt(value: float) -> str:
     return f"{0.0:.{DIGITS}f}" if float(text) == 0 else text
 
 
-def paper_table(returns: Mapping[str, list[NDArray[np.float64]]], rescale: bool) -> SeedTable:
-    """The papers' columns of each strategy's seeds, as mean and std over seeds.
+def paper_table(
+    returns: Mapping[str, list[NDArray[np.float64]]],
+    rescale: bool,
+    columns: Sequence[str] = PAPER_COLUMNS,
+) -> SeedTable:
+    """The papers' columns (or other `momentum.metrics` columns) of each strategy's seeds, as
+    mean and std over seeds.
 
     ``rescale`` multiplies each seed's series by the one constant 15% / its realised vol
     (`momentum.portfolio.rescale_to_target_vol`) first.
     """
+    per_seed_values = {
+        name: performance_table(
+            {f"{name} #{i}": r for i, r in enumerate(per_seed)}, rescale=rescale, columns=columns
+        ).to_numpy()
+        for name, per_seed in returns.items()
+    }
+    return seed_table(per_seed_values, columns)
+
+
+def seed_table(values: Mapping[str, NDArray[np.float64]], columns: Sequence[str]) -> SeedTable:
+    """Mean and sample std over seeds of per-seed figures.
+
+    Parameters
+    ----------
+    values : Mapping[str, ndarray of shape [seeds, len(columns)]]
+        Strategy name -> one row of figures per seed.
+    columns : sequence of str
+        Names of the figures.
+
+    Returns
+    -------
+    SeedTable
+        Index named ``"Strategy"``, in the mapping's order; std nan with a single seed.
+    """
     means, stds, seeds = [], [], []
-    for name, per_seed in returns.items():
-        table = performance_table(
-            {f"{name} #{i}": r for i, r in enumerate(per_seed)}, rescale=rescale
-        )
-        mean, std = _mean_std(table.to_numpy())
+    for per_seed in values.values():
+        mean, std = _mean_std(np.asarray(per_seed, dtype=np.float64))
         means.append(mean)
         stds.append(std)
         seeds.append(len(per_seed))
-    index = pd.Index(list(returns), name="Strategy")
+    index = pd.Index(list(values), name="Strategy")
     return SeedTable(
-        mean=pd.DataFrame(means, index=index, columns=list(PAPER_COLUMNS)),
-        std=pd.DataFrame(stds, index=index, columns=list(PAPER_COLUMNS)),
+        mean=pd.DataFrame(means, index=index, columns=list(columns), dtype=np.float64),
+        std=pd.DataFrame(stds, index=index, columns=list(columns), dtype=np.float64),
         seeds=pd.Series(seeds, index=index, dtype=np.int64),
     )
 
@@ -263,6 +290,7 @@ class Tables:
     combinations: pd.DataFrame | None  # [pairs, paper columns + leg correlation]
     delays: pd.DataFrame  # [strategies, delays] mean Sharpe
     mean_returns: dict[str, NDArray[np.float64]]  # seed-mean daily return at 0 bps
+    gross: dict[str, list[NDArray[np.float64]]]  # per seed daily return at 0 bps
     turnovers: dict[str, list[NDArray[np.float64]]]  # per seed daily turnover
     models: list[str]  # strategy names of the models
     compared: list[str]  # the COMPARED_BENCHMARKS present
@@ -335,6 +363,7 @@ def compute_tables(
             columns=[str(k) for k in lags],
         ),
         mean_returns=mean_returns,
+        gross=gross,
         turnovers=turnovers,
         models=models,
         compared=compared,
