@@ -99,14 +99,22 @@ class Budget:
 # seeded runs"), so 5; nor the TFT its number of trials, so 100. "quick" fits a
 # laptop: on the embedded data with 2 cores each backtest takes 10-30 minutes
 # (docs/results.md lists the measured wall times).
+_DMN_PAPER = Budget(trials=50, max_epochs=100, patience=25, seeds=5)
+_RNN_PAPER_MODELS = ("rnn", "deep_rnn", "gru", "lstm_xs", "deep_lstm")
+
 PROTOCOLS: dict[str, dict[str, Budget]] = {
     "paper": {
         "spatiotemporal": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
-        "dmn": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
+        "dmn": _DMN_PAPER,
         "sequence": Budget(trials=100, max_epochs=300, patience=25, seeds=5),
         "panel": Budget(trials=200, max_epochs=500, patience=25, seeds=5),
         # STMOM's LSTM: Table 7, though it trains on every step in the panel layout
         "lstm": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
+        # the DMN paper's other architectures: its section IV-B, as the LSTM
+        **dict.fromkeys(("lasso", "mlp_dmn", "wavenet"), _DMN_PAPER),
+        # Boutier (2023) section 4: 250 epochs, patience 25; trials unstated (the DMN
+        # paper's 50, the method it adapts)
+        **dict.fromkeys(_RNN_PAPER_MODELS, Budget(trials=50, max_epochs=250, patience=25, seeds=5)),
     },
     "quick": {
         "spatiotemporal": Budget(trials=20, max_epochs=100, patience=10, seeds=3),
@@ -114,6 +122,17 @@ PROTOCOLS: dict[str, dict[str, Budget]] = {
         "sequence": Budget(trials=6, max_epochs=30, patience=6, seeds=2),
         "tft": Budget(trials=3, max_epochs=15, patience=4, seeds=1),
         "panel": Budget(trials=10, max_epochs=30, patience=8, seeds=2),
+        "lasso": Budget(trials=20, max_epochs=30, patience=6, seeds=2),
+        "mlp_dmn": Budget(trials=15, max_epochs=30, patience=6, seeds=2),
+        "wavenet": Budget(trials=4, max_epochs=30, patience=6, seeds=2),
+        # an epoch is a few steps (a batch counts windows of all assets) and validating
+        # rebuilds every window, so a trial is minutes; the deep ones cost 2-3x more
+        **dict.fromkeys(
+            ("rnn", "gru", "lstm_xs"), Budget(trials=4, max_epochs=20, patience=5, seeds=1)
+        ),
+        **dict.fromkeys(
+            ("deep_rnn", "deep_lstm"), Budget(trials=2, max_epochs=20, patience=5, seeds=1)
+        ),
     },
 }
 

@@ -10,9 +10,12 @@ ratio of the cross-asset average daily return (the reference code's criterion)
 it; 0 gives the gross figure), or ``"loss"``, minus the training objective
 itself (its penalty included) on the validation rows. The gross and net
 Sharpe ratios of every epoch are recorded either way. Selecting on the gross
-Sharpe let a model whose cost regulariser worked lose to one that churns. `train` builds and seeds a registry model from a flat
-dict of hyperparameters (model-config fields and `TrainConfig` fields mixed,
-as a random search draws them) and fits it.
+Sharpe let a model whose cost regulariser worked lose to one that churns. The
+Sharpe ratios are of the traded positions: a model trained by regression or
+classification (``loss`` ``"mse"`` or ``"binary"``) outputs a forecast, scored
+as the ``sgn`` of it (`momentum.sizing.sizer_for_loss`). `train` builds and
+seeds a registry model from a flat dict of hyperparameters (model-config fields
+and `TrainConfig` fields mixed, as a random search draws them) and fits it.
 
 Fidelity to the authors' tf.keras code, where the papers are silent:
 gradients are clipped per tensor (Keras ``clipnorm``) unless
@@ -37,6 +40,7 @@ from torch import nn
 
 from momentum.metrics import sharpe_ratio
 from momentum.portfolio import strategy_returns
+from momentum.sizing import Sizer, size_positions, sizer_for_loss
 from training.datasets import Layout, ModelData, make_layout, positions_of
 from training.losses import LossName, Reduction, objective
 from training.models import ModelSpec, Universe, get_spec
@@ -161,17 +165,31 @@ def layout_for(spec: ModelSpec, model_config: Any, config: TrainConfig) -> Layou
 
 
 def validation_sharpe(
-    model: nn.Module, layout: Layout, data: ModelData, rows: np.ndarray, cost_bps: float = 0.0
+    model: nn.Module,
+    layout: Layout,
+    data: ModelData,
+    rows: np.ndarray,
+    cost_bps: float = 0.0,
+    *,
+    sizer: Sizer = "identity",
 ) -> float:
     """Sharpe of the cross-asset average daily return on `rows`, net of `cost_bps` per unit
-    of turnover between consecutive rows (eqs. 12-13; 0: gross); NaN if undefined."""
-    return _sharpes(layout.predict(model, data, rows), data, rows, (cost_bps,))[0]
+    of turnover between consecutive rows (eqs. 12-13; 0: gross); NaN if undefined. The
+    model's outputs become positions through `sizer` (`momentum.sizing`)."""
+    return _sharpes(layout.predict(model, data, rows), data, rows, (cost_bps,), sizer)[0]
 
 
 def _sharpes(
-    positions: np.ndarray, data: ModelData, rows: np.ndarray, costs: tuple[float, ...]
+    outputs: np.ndarray,
+    data: ModelData,
+    rows: np.ndarray,
+    costs: tuple[float, ...],
+    sizer: Sizer,
 ) -> list[float]:
+    """Sharpe ratios of what is traded: `outputs` sized into positions, net of each cost."""
     f = data.features
+    # a forecast (mse, binary objectives) is traded as sgn(forecast), not as its raw value
+    positions = size_positions(sizer, outputs)
     return [
         float(
             sharpe_ratio(
@@ -234,7 +252,11 @@ def _scores(
 ) -> dict[str, float]:
     """The validation figures of one epoch: gross and net Sharpe, and the selection score."""
     gross, net = _sharpes(
-        layout.predict(model, data, rows), data, rows, (0.0, config.selection_cost_bps)
+        layout.predict(model, data, rows),
+        data,
+        rows,
+        (0.0, config.selection_cost_bps),
+        sizer_for_loss(config.loss),
     )
     score = -validation_loss(model, layout, data, rows, config) if config.select == "loss" else net
     return {"valid_sharpe": gross, "valid_net_sharpe": net, "valid_score": score}

@@ -9,7 +9,20 @@ from __future__ import annotations
 import pytest
 
 from training.backtest import PROTOCOLS, BacktestConfig, Budget
-from training.models import REGISTRY, cnn, dmn, lstm, mlp, quantnet, slp, tft
+from training.models import (
+    REGISTRY,
+    cnn,
+    dmn,
+    lasso,
+    lstm,
+    mlp,
+    mlp_dmn,
+    quantnet,
+    recurrent,
+    slp,
+    tft,
+    wavenet,
+)
 from training.train import TrainConfig
 
 # STMOM Table 8, row by row
@@ -85,6 +98,29 @@ def test_dmn_and_tft_keep_the_momentum_transformer_reference_grid(module):
     }
 
 
+@pytest.mark.parametrize("module", [mlp_dmn, wavenet], ids=["mlp_dmn", "wavenet"])
+def test_dmn_paper_mlp_and_wavenet_keep_the_lstm_dmn_grid(module):
+    # the DMN paper's Appendix B grid is not available: the LSTM DMN's grid stands in
+    assert module.SEARCH_SPACE == {
+        "hidden": [5, 10, 20, 40, 80, 160],
+        "dropout": [0.1, 0.2, 0.3, 0.4, 0.5],
+        "lr": [1e-4, 1e-3, 1e-2, 1e-1],
+        "batch_size": [64, 128, 256],
+        "max_grad_norm": [0.01, 1.0, 100.0],
+    }
+
+
+def test_dmn_paper_lasso_searches_alpha_over_the_stmom_l1_values():
+    # the DMN paper treats alpha as a hyperparameter (IV-A) but its grid is not available:
+    # STMOM Table 8's L1 values; the LSTM DMN's optimisation grid; no hidden size or dropout
+    assert lasso.SEARCH_SPACE == {
+        "alpha": STMOM_L1,
+        "lr": [1e-4, 1e-3, 1e-2, 1e-1],
+        "batch_size": [64, 128, 256],
+        "max_grad_norm": [0.01, 1.0, 100.0],
+    }
+
+
 QUANTNET_DROPOUT = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # Table A2: 0.1-0.9
 
 
@@ -128,9 +164,14 @@ def test_the_registry_searches_each_module_grid():
         "cnn": cnn.SEARCH_SPACE,
         "lstm": lstm.SEARCH_SPACE,
         "dmn": dmn.SEARCH_SPACE,
+        "lasso": lasso.SEARCH_SPACE,
+        "mlp_dmn": mlp_dmn.SEARCH_SPACE,
+        "wavenet": wavenet.SEARCH_SPACE,
         "tft": tft.SEARCH_SPACE,
         "quantnet": quantnet.SEARCH_SPACE,
         "no_transfer": quantnet.NO_TRANSFER_SEARCH_SPACE,
+        # Boutier (2023) Table 1, one grid for the five (tests/training/test_models_recurrent.py)
+        **dict.fromkeys(recurrent.VARIANTS, recurrent.SEARCH_SPACE),
     }
     assert {name: spec.search_space for name, spec in REGISTRY.items()} == expected
 
@@ -159,11 +200,19 @@ PAPER_BUDGETS = {
     "lstm": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
     # DMN section IV-B: 50 iterations of random search, at most 100 epochs, patience 25
     "dmn": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
+    "lasso": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
+    "mlp_dmn": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
+    "wavenet": Budget(trials=50, max_epochs=100, patience=25, seeds=5),
     # Momentum Transformer walkthrough: 300 epochs
     "tft": Budget(trials=100, max_epochs=300, patience=25, seeds=5),
     # QuantNet Appendix 2: 200 random-search samples
     "quantnet": Budget(trials=200, max_epochs=500, patience=25, seeds=5),
     "no_transfer": Budget(trials=200, max_epochs=500, patience=25, seeds=5),
+    # Boutier (2023) section 4: 250 epochs, patience 25 (trials: the DMN paper's 50)
+    **{
+        name: Budget(trials=50, max_epochs=250, patience=25, seeds=5)
+        for name in ("rnn", "deep_rnn", "gru", "lstm_xs", "deep_lstm")
+    },
 }
 
 
@@ -180,5 +229,7 @@ def test_paper_protocol_table():
         "panel": Budget(trials=200, max_epochs=500, patience=25, seeds=5),
         # the STMOM LSTM reads the panel layout but keeps STMOM Table 7's budget
         "lstm": Budget(trials=100, max_epochs=500, patience=25, seeds=5),
+        **{m: PAPER_BUDGETS[m] for m in ("lasso", "mlp_dmn", "wavenet")},
+        **{m: PAPER_BUDGETS[m] for m in ("rnn", "deep_rnn", "gru", "lstm_xs", "deep_lstm")},
     }
     assert set(PAPER_BUDGETS) == set(REGISTRY)  # every model's budget is pinned above

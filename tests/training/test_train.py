@@ -5,10 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from momentum.data import synthetic_prices
 from momentum.features import compute_features
-from training.datasets import ModelData, label_rows
+from momentum.metrics import sharpe_ratio
+from momentum.portfolio import strategy_returns
+from training.datasets import ModelData, SequenceLayout, label_rows
 from training.models import REGISTRY, Universe, get_spec
 from training.train import (
     TrainConfig,
@@ -144,6 +147,42 @@ def test_every_model_trains_through_fit(name):
     positions = layout.predict(result.model, data, np.arange(425, 430))
     assert positions.shape == (5, n_assets)
     assert np.nanmax(np.abs(positions)) <= 1
+
+
+class _TinyForecast(nn.Module):
+    """A "sequence" model whose outputs are 1e-3 x the 1-day normalised return: tiny,
+    varying in size, signed like the feature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1e-3))
+
+    def forward(self, x, tickers=None, *, last_only=False):
+        out = self.scale * x[..., 0]  # (batch, seq)
+        return out[:, -1:] if last_only else out
+
+
+@pytest.mark.parametrize("loss", ["sharpe", "returns", "mse", "binary"])
+def test_validation_sharpe_is_of_the_sized_positions(trending, loss):
+    # a regression or classification model outputs a forecast and trades sgn(forecast)
+    # (DMN paper, section III-B): early stopping and selection must score that
+    data, rows = trending["data"], trending["valid"]
+    layout = SequenceLayout(21)
+    model = _TinyForecast()
+    raw = layout.predict(model, data, rows)
+    f = data.features
+
+    def sharpe(positions):
+        return float(sharpe_ratio(strategy_returns(positions, f.next_returns[rows], f.vol[rows])))
+
+    assert abs(sharpe(np.sign(raw)) - sharpe(raw)) > 1e-3  # the two can be told apart
+    traded = np.sign(raw) if loss in ("mse", "binary") else raw
+    config = TrainConfig(loss=loss, max_epochs=1, max_steps=1, seq_len=21, device="cpu")
+    result = fit(model, layout, data, trending["train"], rows, config)
+    assert result.initial_valid_sharpe == pytest.approx(sharpe(traded), abs=1e-12)
+    assert validation_sharpe(_TinyForecast(), layout, data, rows, sizer="sign") == pytest.approx(
+        sharpe(np.sign(raw)), abs=1e-12
+    )
 
 
 def test_per_tensor_clipping_bounds_each_gradient():

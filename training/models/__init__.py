@@ -11,10 +11,13 @@ Layouts:
 * ``"spatiotemporal"``: ``model(x)``, x ``(batch, assets, lookback, features)``
   -> positions ``(batch, assets)`` (STMOM's slp, mlp, cnn).
 * ``"sequence"``: ``model(x, tickers)``, x ``(batch, seq, features)`` ->
-  positions ``(batch, seq)`` (dmn; tft returns a `TftOutput` whose first field
-  is the positions).
+  positions ``(batch, seq)`` (dmn; the DMN paper's lasso, mlp_dmn and wavenet, each
+  step reading a causal window; tft returns a `TftOutput` whose first field is the
+  positions).
 * ``"panel"``: ``model(x)``, x ``(batch, seq, assets, features)`` -> positions
-  ``(batch, seq, assets)`` (quantnet and no_transfer; STMOM's lstm, trained on every step).
+  ``(batch, seq, assets)`` (quantnet and no_transfer; STMOM's lstm, trained on every step;
+  Boutier's rnn, deep_rnn, gru, lstm_xs and deep_lstm, also trained on every step, whose
+  positions are zero-mean with unit gross across the assets at each step).
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from typing import Any, Literal
 
 from torch import nn
 
-from training.models import cnn, dmn, lstm, mlp, quantnet, slp, tft
+from training.models import (
+    cnn,
+    dmn,
+    lasso,
+    lstm,
+    mlp,
+    mlp_dmn,
+    quantnet,
+    recurrent,
+    slp,
+    tft,
+    wavenet,
+)
 
 Layout = Literal["spatiotemporal", "sequence", "panel"]
 
@@ -117,6 +132,26 @@ REGISTRY: dict[str, ModelSpec] = {
     "cnn": ModelSpec("cnn", cnn.CnnConfig, cnn.Cnn, "spatiotemporal", cnn.SEARCH_SPACE, cnn.tiny),
     "lstm": ModelSpec("lstm", lstm.LstmConfig, lstm.Lstm, "panel", lstm.SEARCH_SPACE, lstm.tiny),
     "dmn": ModelSpec("dmn", dmn.DmnConfig, dmn.Dmn, "sequence", dmn.SEARCH_SPACE, dmn.tiny),
+    # the DMN paper's other architectures (Lim, Zohren & Roberts 2019, section IV-A)
+    "lasso": ModelSpec(
+        "lasso", lasso.LassoConfig, lasso.Lasso, "sequence", lasso.SEARCH_SPACE, lasso.tiny
+    ),
+    "mlp_dmn": ModelSpec(
+        "mlp_dmn",
+        mlp_dmn.MlpDmnConfig,
+        mlp_dmn.MlpDmn,
+        "sequence",
+        mlp_dmn.SEARCH_SPACE,
+        mlp_dmn.tiny,
+    ),
+    "wavenet": ModelSpec(
+        "wavenet",
+        wavenet.WaveNetConfig,
+        wavenet.WaveNet,
+        "sequence",
+        wavenet.SEARCH_SPACE,
+        wavenet.tiny,
+    ),
     "tft": ModelSpec("tft", tft.TftConfig, tft.Tft, "sequence", tft.SEARCH_SPACE, tft.tiny),
     "quantnet": ModelSpec(
         "quantnet",
@@ -135,6 +170,20 @@ REGISTRY: dict[str, ModelSpec] = {
         lambda **overrides: quantnet.tiny(**{"transfer": False, **overrides}),
         defaults={"transfer": False},
     ),
+    # Boutier (2023): one recurrent module, five cells and depths (`recurrent.VARIANTS`)
+    **{
+        name: ModelSpec(
+            name,
+            recurrent.RecurrentConfig,
+            recurrent.Recurrent,
+            "panel",
+            recurrent.SEARCH_SPACE,
+            recurrent.tiny_for(name),
+            defaults=variant,
+            feature_set="extended",
+        )
+        for name, variant in recurrent.VARIANTS.items()
+    },
 }
 
 

@@ -10,6 +10,10 @@ Momentum Transformer (Wood, Giegerich, Roberts & Zohren 2022) uses them:
 * :class:`VariableSelectionNetwork`: VSN, TFT eqs. (6)-(8).
 * :class:`InterpretableMultiHeadAttention`: TFT eqs. (13)-(16), causal.
 
+and one input helper of the DMN paper's window models (Lim, Zohren & Roberts 2019):
+
+* :func:`causal_window`: the last tau steps' features concatenated at every step.
+
 Initialisation follows the tf.keras defaults of the authors' reference code: glorot-uniform
 kernels, zero biases, orthogonal recurrent kernels, LSTM forget-gate bias 1, LayerNorm
 epsilon 1e-3, embeddings uniform in [-0.05, 0.05]. The helpers at the top of the module
@@ -21,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # tf.keras LayerNormalization default epsilon (PyTorch's default is 1e-5).
@@ -110,6 +115,45 @@ def max_norm_(weight: Tensor, max_value: float = 3.0) -> None:
     """
     norms = weight.norm(dim=1, keepdim=True)  # (out, 1)
     weight.mul_(norms.clamp(max=max_value) / (norms + KERAS_EPSILON))
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal input windows
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_window(x: Tensor, tau: int, *, last_only: bool = False) -> Tensor:
+    """The input vector ``u_{t-tau:t}`` of the DMN paper's Lasso and MLP, at every step.
+
+    Lim, Zohren & Roberts (2019), section IV-A: the inputs of the past tau days are
+    concatenated into one vector, oldest first. Step ``s`` gets
+    ``[x_{s-tau+1}, ..., x_s]``, feature ``f`` of lag ``j`` (0 = oldest of the window) at
+    position ``j * n_features + f``. Steps before the start of the sequence are zeros: the
+    first ``tau - 1`` steps of a sequence see zero-padded history, the last step of a window
+    of at least tau steps (what serving reads) sees the full tau steps.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(batch, seq, n_features)``, oldest step first.
+    tau : int
+        Steps per window.
+    last_only : bool
+        Only the last step's window.
+
+    Returns
+    -------
+    Tensor
+        ``(batch, seq, tau * n_features)``, or ``(batch, 1, tau * n_features)`` with
+        `last_only`.
+    """
+    padded = F.pad(x, (0, 0, tau - 1, 0))  # (batch, tau - 1 + seq, features): zeros first
+    if last_only:
+        return padded[:, -tau:].flatten(1).unsqueeze(1)  # (batch, 1, tau * features)
+    seq = x.shape[1]
+    # slice j holds lag tau - 1 - j of every step: x_{s - tau + 1 + j} at step s
+    lags = [padded[:, j : j + seq] for j in range(tau)]  # tau x (batch, seq, features)
+    return torch.cat(lags, dim=-1)  # (batch, seq, tau * features)
 
 
 # ---------------------------------------------------------------------------------------------
