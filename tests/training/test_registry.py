@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from training.datasets import positions_of
-from training.models import REGISTRY, Universe, build, get_spec
+from training.models import REGISTRY, Universe, build, get_spec, recurrent
 
 BATCH, STEPS = 3, 12
 
@@ -111,3 +111,17 @@ def test_registry_errors_name_the_problem():
         build("slp", universe, hidden=4)
     with pytest.raises(ValueError, match="no market for tickers"):
         Universe.from_market_map(["A", "B"], 8, {"A": "x"})
+
+
+@pytest.mark.parametrize("name", sorted(recurrent.VARIANTS))
+def test_zero_mean_models_hold_a_dollar_neutral_gross_one_book(name):
+    # the RNN equities paper's zero-mean layer, at every step of every window
+    spec = REGISTRY[name]
+    torch.manual_seed(0)
+    config = spec.tiny()
+    model = spec.build(config)
+    model.eval()
+    with torch.no_grad():
+        positions = positions_of(model(*_inputs(spec, config)))  # (batch, steps, assets)
+    torch.testing.assert_close(positions.sum(-1), torch.zeros(BATCH, STEPS), rtol=0, atol=1e-6)
+    torch.testing.assert_close(positions.abs().sum(-1), torch.ones(BATCH, STEPS), rtol=0, atol=1e-6)
