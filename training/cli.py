@@ -288,13 +288,21 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
         "results",
         help="the quick-protocol backtests of docs/results.md",
         description=(
-            "Run (or resume) slp, dmn, tft and quantnet quick-protocol backtests on the "
-            "embedded data, report them with all benchmarks, and write docs/results.md."
+            "Run (or resume) one suite of quick-protocol backtests on the embedded data, "
+            "report them with all benchmarks, and write that suite's part of docs/results.md: "
+            "core (slp, dmn, tft, quantnet), dmn_grid (the DMN paper's architectures and "
+            "objectives) or rnn (the RNN equities paper's models, sector-neutral and "
+            "vol-scaled). Finished runs are reused, interrupted ones resume."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("runs/results"))
+    p.add_argument(
+        "--suite", choices=("core", "dmn_grid", "rnn"), default="core", help="default core"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run directory (default runs/results[-SUITE])"
+    )
     p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
-    p.add_argument("--models", default=None, help="comma-separated subset of slp,dmn,tft,quantnet")
+    p.add_argument("--models", default=None, help="comma-separated subset of the suite's runs")
     p.add_argument("--note", default=None, help="a remark printed under the results table")
 
 
@@ -302,8 +310,12 @@ def _results(args: argparse.Namespace) -> int:
     from training.results import run_results
 
     models = args.models.split(",") if args.models else None
-    command = f"momentum-train results --out {args.out}"
-    run_results(args.out, args.doc, models=models, command=command, note=args.note)
+    suite = args.suite
+    out = args.out or Path("runs/results" if suite == "core" else f"runs/results-{suite}")
+    command = f"momentum-train results --out {out}" + (
+        "" if suite == "core" else f" --suite {suite}"
+    )
+    run_results(out, args.doc, models=models, suite=suite, command=command, note=args.note)
     return 0
 
 

@@ -4,6 +4,13 @@ Runs (or resumes) one backtest per model on the embedded data, times each,
 builds one report over all of them and the benchmarks, and writes
 ``docs/results.md`` with the measured figures next to the papers' published
 claims. Whatever the numbers are, they are written as measured.
+
+The page has one part per *suite* of runs, each regenerated on its own
+(``--suite``): ``core`` (the page's head: SLP, DMN, TFT, QuantNet), ``dmn_grid``
+(the DMN paper's architectures and objectives) and ``rnn`` (the RNN equities
+paper's models, sector-neutral and vol-scaled). A suite other than ``core``
+writes its part between ``<!-- results:NAME -->`` markers and leaves the rest of
+the page as it was; ``core`` rewrites the head and keeps the other parts.
 """
 
 from __future__ import annotations
@@ -19,10 +26,20 @@ from pathlib import Path
 
 import torch
 
+from momentum.construction import Construction
 from training.backtest import BacktestConfig, run_backtest
+from training.losses import LossName
 from training.report import build_report
 
-__all__ = ["RESULT_RUNS", "ResultRun", "run_results"]
+__all__ = [
+    "DMN_GRID_RUNS",
+    "RESULT_RUNS",
+    "RNN_RUNS",
+    "SUITES",
+    "ResultRun",
+    "Suite",
+    "run_results",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,70 @@ RESULT_RUNS: tuple[ResultRun, ...] = (
     ),
 )
 
+_OBJECTIVES: tuple[tuple[LossName, str], ...] = (
+    ("returns", "average-return objective"),
+    ("mse", "regression (MSE) traded as sgn(forecast)"),
+    ("binary", "classification (cross-entropy) traded as sgn(p - 0.5)"),
+)
+_CONSTRUCTIONS: tuple[tuple[str, Construction, str], ...] = (
+    ("_mv", "sector_neutral_mv", "sector-neutral mean-variance weights, gross one"),
+    ("", "vol_scaled", "each asset vol-scaled (eq. 1)"),
+)
+
+# The DMN paper's grid (Lim, Zohren & Roberts 2019, section IV): each architecture with the
+# Sharpe objective, and the LSTM with all four objectives (section III-B)
+DMN_GRID_RUNS: tuple[ResultRun, ...] = (
+    *(
+        ResultRun(
+            name,
+            BacktestConfig(model=name, label=name, select_cost_bps=_SELECT_BPS),
+            f"{what}, Sharpe objective",
+        )
+        for name, what in (
+            ("lasso", "Lasso (linear, tau = 5 days, L1)"),
+            ("mlp_dmn", "MLP (tau = 5 days)"),
+            ("wavenet", "WaveNet (weekly, monthly, quarterly dilated layers)"),
+            ("dmn", "LSTM"),
+        )
+    ),
+    *(
+        ResultRun(
+            f"dmn_{objective}",
+            BacktestConfig(
+                model="dmn",
+                label=f"dmn_{objective}",
+                objective=objective,
+                select_cost_bps=_SELECT_BPS,
+            ),
+            f"LSTM, {what}",
+        )
+        for objective, what in _OBJECTIVES
+    ),
+)
+
+# The RNN equities paper (Boutier 2023): each recurrent model on its extended features,
+# with the paper's sector-neutral mean-variance construction and with eq. 1's vol scaling
+RNN_RUNS: tuple[ResultRun, ...] = tuple(
+    ResultRun(
+        f"{name}{suffix}",
+        BacktestConfig(
+            model=name,
+            label=f"{name}{suffix}",
+            construction=construction,
+            select_cost_bps=_SELECT_BPS,
+        ),
+        f"{what}, {how}",
+    )
+    for name, what in (
+        ("rnn", "RNN"),
+        ("deep_rnn", "two-layer RNN"),
+        ("gru", "GRU"),
+        ("lstm_xs", "LSTM"),
+        ("deep_lstm", "three-layer LSTM"),
+    )
+    for suffix, construction, how in _CONSTRUCTIONS
+)
+
 # What each paper reports, from its abstract; their data differ from ours.
 PUBLISHED = (
     (
@@ -93,6 +174,76 @@ PUBLISHED = (
 )
 
 
+DMN_GRID_PUBLISHED = (
+    (
+        "Deep Momentum Networks (Lim, Zohren, Roberts 2019), Exhibit 2",
+        "88 continuous futures, 1995-2015, no costs",
+        "The Sharpe-optimised LSTM beats the best other network (the Sharpe-optimised MLP) by "
+        "44% and Sgn(Returns) by more than two times; WaveNet underperforms the benchmarks and "
+        "the linear model; within each architecture the Sharpe objective beats average "
+        "returns (except the MLP), with regression and classification third and fourth. "
+        "Machine-learning models trade about 10 times more than Long Only and stay profitable "
+        "up to about 4 bps (Exhibits 6-7).",
+    ),
+)
+
+RNN_PUBLISHED = (
+    (
+        "Boutier (2023), Table 3",
+        "206 largest S&P 500 stocks, 1998-2023, no costs, sector-neutral weights of gross one",
+        "Sharpe LSTM 63 2.17 (turnover 47%), LSTM 21 1.83, GRU 63 1.82, RNN 21 1.73, DeepRNN "
+        "21 1.50; every model's annual vol about 2%. The three-layer LSTM did worse than the "
+        "LSTM. Trading one day late forfeits most of the PnL (Figure 7).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A part of the results page: its runs, heading, what it is about, published figures."""
+
+    name: str
+    title: str
+    intro: str
+    published: tuple[tuple[str, str, str], ...]
+    sections: tuple[str, ...]  # headings of the report's sections copied into the page
+
+
+SUITES: dict[str, Suite] = {
+    "core": Suite("core", "Backtest results", "", PUBLISHED, ()),
+    "dmn_grid": Suite(
+        "dmn_grid",
+        "The DMN paper's grid of architectures and objectives",
+        "Lim, Zohren & Roberts (2019) compare four architectures (Lasso, MLP, WaveNet, LSTM) "
+        "and four objectives (Sharpe, average returns, and regression or classification "
+        "traded as sgn() of the forecast). Here: every architecture with the Sharpe "
+        "objective, and the LSTM with all four, on the embedded data with the quick budgets "
+        "(README, Backtests) and the same selection as above.",
+        DMN_GRID_PUBLISHED,
+        ("The DMN paper's grid",),
+    ),
+    "rnn": Suite(
+        "rnn",
+        "The RNN equities paper's models",
+        "Boutier (2023)'s recurrent models (RNN, two-layer RNN, GRU, LSTM, three-layer LSTM, "
+        "each with batch normalisation, L1 and a zero-mean output layer, input length "
+        "searched over 21-252 sessions) on the extended features, each once with the paper's "
+        "sector-neutral mean-variance weights (GICS sectors of the 20 stocks, gross "
+        "exposure one; rows `_mv`) and once vol-scaled per asset (eq. 1), quick budgets.",
+        RNN_PUBLISHED,
+        ("The RNN paper's table",),
+    ),
+}
+_SUITE_RUNS: dict[str, tuple[ResultRun, ...]] = {"dmn_grid": DMN_GRID_RUNS, "rnn": RNN_RUNS}
+
+
+def suite_runs(suite: str) -> tuple[ResultRun, ...]:
+    """The runs of `suite` (``core``: `RESULT_RUNS`)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(SUITES)}")
+    return RESULT_RUNS if suite == "core" else _SUITE_RUNS[suite]
+
+
 def _cell(metrics: dict, strategy: str, key: str, section: str = "raw") -> str:
     value = metrics.get(strategy, {}).get(section, {}).get(key)
     return "n/a" if value is None else f"{value:.3f}"
@@ -104,12 +255,12 @@ def _sharpe_at(metrics: dict, strategy: str, bps: float) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _verdicts(runs: Sequence[ResultRun], metrics: dict) -> list[str]:
+def _verdicts(runs: Sequence[ResultRun], metrics: dict, level: str = "##") -> list[str]:
     """Does each model beat long-only and TSMOM, and by how many standard errors: the
     report's sentences (the HAC test of a Sharpe difference, Ledoit and Wolf 2008)."""
     lines = [
         "",
-        "## Do the models beat long-only and TSMOM?",
+        f"{level} Do the models beat long-only and TSMOM?",
         "",
         "Each model's seed-averaged daily return against each benchmark's on the same dates: "
         "the difference of the Sharpe ratios, its HAC standard error (Ledoit and Wolf 2008) "
@@ -126,36 +277,24 @@ def _verdicts(runs: Sequence[ResultRun], metrics: dict) -> list[str]:
     return lines
 
 
-def _markdown(
+def _generated(command: str, report: Path) -> str:
+    return (
+        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d} "
+        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, CPU only). Full report with every table and plot: "
+        f"`{report}` (not committed; rerun the command to regenerate it)."
+    )
+
+
+def _measured(
     runs: Sequence[ResultRun],
     metrics: dict,
     timings: dict[str, float],
     resumed: set[str],
-    report: Path,
-    command: str,
-    note: str | None = None,
-) -> str:
+    note: str | None,
+) -> list[str]:
+    """The measured tables: raw with SE and costs, rescaled ex-post, vol-targeted ex-ante."""
     lines = [
-        "# Backtest results",
-        "",
-        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d} "
-        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, CPU only). Full report with every table and plot: "
-        f"`{report}` (not committed; rerun the command to regenerate it).",
-        "",
-        "Data: the embedded 20 S&P 500 stocks, 1990-2022. Expanding windows, first training block "
-        "1990-1994, 5-year test blocks 1995-2022 (the last one 2020-2022), last 10% of each "
-        "training block for validation, quick protocol budgets (README, Backtests). Every model "
-        "and benchmark is evaluated on the same out-of-sample dates. Model rows are the mean over "
-        "seeds; costs are charged per unit of turnover (eq. 13).",
-        "",
-        "Every model run selects its trials (early stopping and ranking) on the validation "
-        "Sharpe net of 5 bps per unit of turnover and averages the positions of its top 5 "
-        "trials (README, Backtests). The standard error (SE) is Lo (2002)'s, autocorrelation-"
-        "robust (Newey-West), of the seed-averaged daily return.",
-        "",
-        "## Measured, out of sample 1995-2022",
-        "",
         "| strategy | what | seeds | Sharpe 0 bps | SE | Sharpe 5 bps | E[Return] | Vol | MDD | "
         "Calmar | avg daily turnover | wall time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -211,9 +350,46 @@ def _markdown(
             for key in ("E[Return]", "Vol", "MDD", "Sharpe", "Sortino", "Calmar")
         )
         lines.append(f"| {s} | {cells} |")
+    return lines
+
+
+def _published(rows: Sequence[tuple[str, str, str]], level: str) -> list[str]:
+    lines = ["", f"{level} Published, for context", "", "| paper | data | reported |"]
+    return [*lines, "|---|---|---|", *(f"| {p} | {d} | {r} |" for p, d, r in rows)]
+
+
+def _markdown(
+    runs: Sequence[ResultRun],
+    metrics: dict,
+    timings: dict[str, float],
+    resumed: set[str],
+    report: Path,
+    command: str,
+    note: str | None = None,
+) -> str:
+    """The page's head (the ``core`` suite)."""
+    lines = [
+        "# Backtest results",
+        "",
+        _generated(command, report),
+        "",
+        "Data: the embedded 20 S&P 500 stocks, 1990-2022. Expanding windows, first training block "
+        "1990-1994, 5-year test blocks 1995-2022 (the last one 2020-2022), last 10% of each "
+        "training block for validation, quick protocol budgets (README, Backtests). Every model "
+        "and benchmark is evaluated on the same out-of-sample dates. Model rows are the mean over "
+        "seeds; costs are charged per unit of turnover (eq. 13).",
+        "",
+        "Every model run selects its trials (early stopping and ranking) on the validation "
+        "Sharpe net of 5 bps per unit of turnover and averages the positions of its top 5 "
+        "trials (README, Backtests). The standard error (SE) is Lo (2002)'s, autocorrelation-"
+        "robust (Newey-West), of the seed-averaged daily return.",
+        "",
+        "## Measured, out of sample 1995-2022",
+        "",
+        *_measured(runs, metrics, timings, resumed, note),
+    ]
     lines += _verdicts(runs, metrics)
-    lines += ["", "## Published, for context", "", "| paper | data | reported |", "|---|---|---|"]
-    lines += [f"| {p} | {d} | {r} |" for p, d, r in PUBLISHED]
+    lines += _published(PUBLISHED, "##")
     lines += [
         "",
         "## Why these numbers differ from the papers",
@@ -234,20 +410,76 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
-def run_results(
-    out: str | Path,
-    doc: str | Path = "docs/results.md",
-    *,
-    models: Sequence[str] | None = None,
-    log: Callable[[str], None] = print,
-    command: str = "momentum-train results --out runs/results",
-    note: str | None = None,
-) -> Path:
-    """Run every result backtest into `out`, report them together, write `doc`."""
-    out = Path(out)
-    runs = [r for r in RESULT_RUNS if models is None or r.label in models]
-    if not runs:
-        raise ValueError(f"no result runs selected from {[r.label for r in RESULT_RUNS]}")
+def _report_sections(report: Path, titles: Sequence[str]) -> list[str]:
+    """The report's sections whose heading contains one of `titles`, one level down, without
+    their CSV links (relative to the report's folder)."""
+    out: list[str] = []
+    keep = False
+    for line in report.read_text().splitlines():
+        if line.startswith("## "):
+            keep = any(t in line for t in titles)
+            if keep:  # "## 13. The RNN paper's table" -> "### The RNN paper's table"
+                out.append("### " + line[3:].split(". ", 1)[-1])
+                continue
+        if keep and not line.startswith("CSV: ["):
+            out.append("#" + line if line.startswith("### ") else line)
+    return out
+
+
+def _marker(suite: str) -> tuple[str, str]:
+    return f"<!-- results:{suite} -->", f"<!-- /results:{suite} -->"
+
+
+def _suite_block(
+    suite: Suite,
+    runs: Sequence[ResultRun],
+    metrics: dict,
+    timings: dict[str, float],
+    resumed: set[str],
+    report: Path,
+    command: str,
+    note: str | None,
+) -> str:
+    begin, end = _marker(suite.name)
+    lines = [
+        begin,
+        f"## {suite.title}",
+        "",
+        _generated(command, report),
+        "",
+        suite.intro,
+        "",
+        *_measured(runs, metrics, timings, resumed, note),
+        *_verdicts(runs, metrics, "###"),
+        "",
+        *_report_sections(report, suite.sections),
+        *_published(suite.published, "###"),
+        end,
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _blocks(text: str) -> dict[str, str]:
+    """The suite parts of a page, by suite name, markers included."""
+    out = {}
+    for name in SUITES:
+        begin, end = _marker(name)
+        if begin in text and end in text:
+            out[name] = text[text.index(begin) : text.index(end) + len(end)] + "\n"
+    return out
+
+
+def _page(head: str, blocks: dict[str, str]) -> str:
+    """The head, then each suite's part in the order of `SUITES`."""
+    parts = [head.rstrip("\n") + "\n"]
+    parts += [blocks[name] for name in SUITES if name in blocks]
+    return "\n".join(parts)
+
+
+def _run_all(
+    runs: Sequence[ResultRun], out: Path, log: Callable[[str], None]
+) -> tuple[dict[str, float], set[str]]:
+    """Run (or reuse, or resume) every run into ``out/<label>``; wall times and the resumed."""
     timings: dict[str, float] = {}
     resumed: set[str] = set()
     for run in runs:
@@ -269,13 +501,42 @@ def run_results(
         timing.write_text(
             json.dumps({"seconds": timings[run.label], "resumed": run.label in resumed})
         )
+    return timings, resumed
+
+
+def run_results(
+    out: str | Path,
+    doc: str | Path = "docs/results.md",
+    *,
+    models: Sequence[str] | None = None,
+    suite: str = "core",
+    log: Callable[[str], None] = print,
+    command: str = "momentum-train results --out runs/results",
+    note: str | None = None,
+) -> Path:
+    """Run every backtest of `suite` into `out`, report them together, write its part of
+    `doc` (the other suites' parts are kept)."""
+    out = Path(out)
+    available = suite_runs(suite)
+    runs = [r for r in available if models is None or r.label in models]
+    if not runs:
+        raise ValueError(f"no result runs selected from {[r.label for r in available]}")
+    timings, resumed = _run_all(runs, out, log)
     report_dir = out / "report"
     build_report([out / r.label for r in runs], report_dir)
     metrics = json.loads((report_dir / "metrics.json").read_text())
     doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(
-        _markdown(runs, metrics, timings, resumed, report_dir / "report.md", command, note)
-    )
+    existing = doc.read_text() if doc.exists() else ""
+    blocks = _blocks(existing)
+    report = report_dir / "report.md"
+    if suite == "core":
+        head = _markdown(runs, metrics, timings, resumed, report, command, note)
+    else:
+        first = min((existing.find(_marker(n)[0]) for n in blocks), default=-1)
+        head = existing[:first] if first >= 0 else existing
+        args = (runs, metrics, timings, resumed, report, command, note)
+        blocks[suite] = _suite_block(SUITES[suite], *args)
+    doc.write_text(_page(head, blocks))
     log(f"wrote {doc}")
     return doc
