@@ -510,7 +510,11 @@ def test_onnx_export_keeps_batch_and_sequence_dynamic(name: str, tmp_path) -> No
     # re-decomposition step freezes the LSTM's time axis at the example length (pytorch
     # issue #191855, fixed upstream by PR #193192). Keeping the decomposition registered
     # for the whole export is that fix.
+    # the context swaps the op's Python kernel but not the kernel an earlier LSTM call in this
+    # process cached on the op: clear that cache on the way in and on the way out
+    lstm_op = torch.ops.aten.lstm.input
     with register_lstm_while_loop_decomposition():
+        lstm_op._dispatch_cache.clear()
         torch.onnx.export(
             model,
             (torch.randn(2, SEQ, n_features), _tickers(2)),
@@ -519,6 +523,7 @@ def test_onnx_export_keeps_batch_and_sequence_dynamic(name: str, tmp_path) -> No
             dynamic_shapes={"x": {0: batch, 1: seq}, "tickers": {0: batch}},
             external_data=False,
         )
+    lstm_op._dispatch_cache.clear()
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x, tickers = torch.randn(4, 7, n_features), _tickers(4)  # other batch AND sequence length
