@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from training.models.grids import DMN_TFT_CAPACITY, DMN_TFT_OPTIMISATION
-from training.models.layers import init_keras_lstm_, keras_linear, max_norm_
+from training.models.layers import (
+    check_positive_int,
+    check_sequence_input,
+    init_keras_lstm_,
+    keras_linear,
+    max_norm_,
+)
 
 # Random-search grid that the Momentum Transformer paper (Wood et al. 2022) uses for its LSTM
 # DMN baseline (the authors' `settings/hp_grid.py`; the DMN paper's own Appendix B grid was not
@@ -40,11 +46,6 @@ SEARCH_SPACE: dict[str, list] = {**DMN_TFT_CAPACITY, **DMN_TFT_OPTIMISATION}
 
 # Keras `max_norm(3)` on the position head's kernel.
 HEAD_MAX_NORM = 3.0
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class DmnConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("hidden", self.hidden)
+        check_positive_int("n_features", self.n_features)
+        check_positive_int("hidden", self.hidden)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
 
@@ -151,10 +152,7 @@ class Dmn(nn.Module):
             ``(batch, seq)`` positions in [-1, 1], or ``(batch, 1)`` with `last_only` (equal
             to the last column of the full output); step ``s`` depends on steps ``<= s`` only.
         """
-        if x.dim() != 3 or x.shape[-1] != self.config.n_features:
-            raise ValueError(
-                f"`x` must have shape (batch, seq, {self.config.n_features}), got {tuple(x.shape)}"
-            )
+        check_sequence_input(x, self.config.n_features)
         h, (h_last, _) = self.lstm(self.input_dropout(x))  # (batch, seq, hidden)
         if last_only:  # h_last (1, batch, hidden) is h[:, -1] (the LSTM's Y_h in ONNX)
             h = h_last.transpose(0, 1)  # (batch, 1, hidden)

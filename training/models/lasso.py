@@ -41,17 +41,17 @@ from torch import Tensor, nn
 
 from training.losses import l1_penalty
 from training.models.grids import DMN_TFT_OPTIMISATION, STMOM_L1
-from training.models.layers import causal_window, keras_linear
+from training.models.layers import (
+    causal_window,
+    check_positive_int,
+    check_sequence_input,
+    keras_linear,
+)
 
 # alpha over STMOM Table 8's L1 values (the DMN paper's own grid is not available); no hidden
 # size or dropout (a linear model has neither). `lr`, `batch_size` and `max_grad_norm` belong
 # to the training loop.
 SEARCH_SPACE: dict[str, list] = {"alpha": STMOM_L1, **DMN_TFT_OPTIMISATION}
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class LassoConfig:
     alpha: float = 1e-3
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("tau", self.tau)
+        check_positive_int("n_features", self.n_features)
+        check_positive_int("tau", self.tau)
         if not (math.isfinite(self.alpha) and self.alpha >= 0.0):
             raise ValueError(f"`alpha` must be finite and >= 0, got {self.alpha!r}")
 
@@ -124,10 +124,7 @@ class Lasso(nn.Module):
             ``(batch, seq)`` outputs in [-1, 1], or ``(batch, 1)`` with `last_only` (equal to
             the last column of the full output); step ``s`` reads steps ``s - tau + 1 .. s``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.config.n_features:
-            raise ValueError(
-                f"`x` must have shape (batch, seq, {self.config.n_features}), got {tuple(x.shape)}"
-            )
+        check_sequence_input(x, self.config.n_features)
         u = causal_window(x, self.config.tau, last_only=last_only)  # (batch, seq, tau * feat)
         return torch.tanh(self.linear(u)).squeeze(-1)  # (batch, seq)
 

@@ -451,3 +451,15 @@ class InterpretableMultiHeadAttention(nn.Module):
         averaged = per_head.mean(dim=1)  # (batch, q, d), eq. (15)-(16)
         output = self.dropout(self.out(averaged))  # (batch, q, hidden), eq. (14)
         return output, attention.mean(dim=1)
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """A config field that must be a positive integer (bools refused), named in the error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+
+def check_sequence_input(x: Tensor, n_features: int) -> None:
+    """The "sequence" layout's input: ``(batch, seq, n_features)``, or an error saying so."""
+    if x.dim() != 3 or x.shape[-1] != n_features:
+        raise ValueError(f"`x` must have shape (batch, seq, {n_features}), got {tuple(x.shape)}")

@@ -32,16 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from training.models.grids import DMN_TFT_CAPACITY, DMN_TFT_OPTIMISATION
-from training.models.layers import causal_window, keras_linear
+from training.models.layers import (
+    causal_window,
+    check_positive_int,
+    check_sequence_input,
+    keras_linear,
+)
 
 # The LSTM DMN's grid (the DMN paper's Appendix B is not available). `hidden` and `dropout`
 # are config fields; `lr`, `batch_size` and `max_grad_norm` belong to the training loop.
 SEARCH_SPACE: dict[str, list] = {**DMN_TFT_CAPACITY, **DMN_TFT_OPTIMISATION}
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class MlpDmnConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("tau", self.tau)
-        _check_positive_int("hidden", self.hidden)
+        check_positive_int("n_features", self.n_features)
+        check_positive_int("tau", self.tau)
+        check_positive_int("hidden", self.hidden)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
 
@@ -121,10 +121,7 @@ class MlpDmn(nn.Module):
             ``(batch, seq)`` outputs in [-1, 1], or ``(batch, 1)`` with `last_only` (equal to
             the last column of the full output); step ``s`` reads steps ``s - tau + 1 .. s``.
         """
-        if x.dim() != 3 or x.shape[-1] != self.config.n_features:
-            raise ValueError(
-                f"`x` must have shape (batch, seq, {self.config.n_features}), got {tuple(x.shape)}"
-            )
+        check_sequence_input(x, self.config.n_features)
         u = causal_window(x, self.config.tau, last_only=last_only)  # (batch, seq, tau * feat)
         h = torch.tanh(self.hidden(self.input_dropout(u)))  # (batch, seq, hidden)
         return torch.tanh(self.head(self.hidden_dropout(h))).squeeze(-1)  # (batch, seq)

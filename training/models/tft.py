@@ -34,6 +34,7 @@ from training.models.layers import (
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
     VariableSelectionNetwork,
+    check_positive_int,
     init_keras_embedding_,
     init_keras_lstm_,
     keras_linear,
@@ -47,11 +48,6 @@ SEARCH_SPACE: dict[str, list] = {**DMN_TFT_CAPACITY, **DMN_TFT_OPTIMISATION}
 
 # Keras `max_norm(3)` on the position head's kernel.
 HEAD_MAX_NORM = 3.0
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,10 +76,10 @@ class TftConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("n_tickers", self.n_tickers)
-        _check_positive_int("hidden", self.hidden)
-        _check_positive_int("heads", self.heads)
+        check_positive_int("n_features", self.n_features)
+        check_positive_int("n_tickers", self.n_tickers)
+        check_positive_int("hidden", self.hidden)
+        check_positive_int("heads", self.heads)
         if self.heads > self.hidden:
             raise ValueError(
                 f"`heads` must not exceed `hidden` ({self.hidden}): each head needs at least "

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.models.grids import DMN_TFT_CAPACITY, DMN_TFT_OPTIMISATION
-from training.models.layers import keras_linear
+from training.models.layers import check_positive_int, check_sequence_input, keras_linear
 
 # The LSTM DMN's grid (the DMN paper's Appendix B is not available). `hidden` and `dropout`
 # are config fields; `lr`, `batch_size` and `max_grad_norm` belong to the training loop.
@@ -63,11 +63,6 @@ MONTHLY = (4, 5)  # s_weekly at t, t-5, t-10, t-15
 QUARTERLY = (3, 21)  # s_monthly at t, t-21, t-42
 # steps the output at t reads back to, t included: 1 + 4 + 15 + 42 = 62
 RECEPTIVE_FIELD = 1 + sum((taps - 1) * spacing for taps, spacing in (WEEKLY, MONTHLY, QUARTERLY))
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +84,8 @@ class WaveNetConfig:
     dropout: float = 0.3
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("hidden", self.hidden)
+        check_positive_int("n_features", self.n_features)
+        check_positive_int("hidden", self.hidden)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}")
 
@@ -230,10 +225,7 @@ class WaveNet(nn.Module):
             ``(batch, seq)`` outputs in [-1, 1], or ``(batch, 1)`` with `last_only` (equal to
             the last column of the full output); step ``s`` depends on steps ``<= s`` only.
         """
-        if x.dim() != 3 or x.shape[-1] != self.config.n_features:
-            raise ValueError(
-                f"`x` must have shape (batch, seq, {self.config.n_features}), got {tuple(x.shape)}"
-            )
+        check_sequence_input(x, self.config.n_features)
         # dilated convolutions
         u = x.transpose(1, 2)  # (batch, features, seq)
         weekly = self.weekly(self.input_dropout(u))  # (batch, hidden, seq)
