@@ -143,7 +143,7 @@ def _replica(data_dir: str, registry: str, name: str, port: int, ready: str) -> 
 def _model_registry(tmp: Path) -> tuple[Path, str]:
     """Train a small SLP on the embedded data and publish + promote it."""
     from momentum.registry import promote
-    from training.backtest import BacktestConfig
+    from training.backtest_config import BacktestConfig
     from training.publish import export_production
 
     config = BacktestConfig(model="slp", trials=1, epochs=2, fixed={"lr": 1e-3, "l1": 1e-2})

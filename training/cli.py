@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: `--help` needs no torch
-    from training.backtest import BacktestConfig
+    from training.backtest_config import BacktestConfig
 
 __all__ = ["main"]
 
@@ -320,7 +320,7 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _training_config(args: argparse.Namespace, **extra: Any) -> BacktestConfig:
-    from training.backtest import BacktestConfig
+    from training.backtest_config import BacktestConfig
 
     return BacktestConfig(
         model=args.model,

@@ -47,12 +47,12 @@ from momentum.metrics import max_drawdown, sharpe_ratio
 from momentum.portfolio import leverage, portfolio_returns, turnover
 from momentum.registry import ModelVersion, publish, version_id
 from momentum.sizing import Sizer, size_positions
-from training.backtest import (
+from training.backtest import search_split
+from training.backtest_config import (
     BacktestConfig,
     base_train_config,
     run_features,
     run_sizer,
-    search_split,
     universe_for,
 )
 from training.datasets import ModelData

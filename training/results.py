@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from momentum.construction import Construction
-from training.backtest import BacktestConfig, run_backtest
+from training.backtest import run_backtest
+from training.backtest_config import BacktestConfig
 from training.losses import LossName
 from training.report import build_report
 

@@ -132,7 +132,8 @@ def exported_backtest(root: Path, **config: Any) -> dict[str, Any]:
     never imports it.
     """
     from momentum.registry import promote
-    from training.backtest import BacktestConfig, run_backtest
+    from training.backtest import run_backtest
+    from training.backtest_config import BacktestConfig
     from training.publish import export_window
 
     fields = {"model": "slp", "first_test_year": 2021, "step_years": 2, "seeds": 1, "epochs": 2}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from momentum.data import load_prices, synthetic_prices
 from momentum.features import compute_features
 from training import search
-from training.backtest import BacktestConfig
+from training.backtest_config import BacktestConfig
 from training.datasets import ModelData, label_rows
 from training.models import Universe, get_spec
 from training.search import run_search
@@ -142,7 +142,7 @@ def test_a_trial_with_folds_scores_the_mean_of_every_fold(tmp_path, monkeypatch)
 
 
 def test_the_feature_set_is_an_experiment_parameter(tmp_path):
-    from training.backtest import FEATURE_SETS, run_features
+    from training.backtest_config import FEATURE_SETS, run_features
 
     config = BacktestConfig(model="slp", features="extended")
     assert config.resolved()["features"] == "extended"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.backtest import PROTOCOLS, BacktestConfig, Budget
+from training.backtest_config import PROTOCOLS, BacktestConfig, Budget
 from training.models import (
     REGISTRY,
     cnn,

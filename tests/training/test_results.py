@@ -7,7 +7,7 @@ import pytest
 from momentum.benchmarks import BENCHMARKS
 from momentum.data import synthetic_prices
 from training import results
-from training.backtest import BacktestConfig
+from training.backtest_config import BacktestConfig
 from training.results import ResultRun, run_results
 
 

@@ -94,7 +94,7 @@ class ModelSpec:
     search_space: Mapping[str, Sequence[Any]]
     tiny: Callable[..., Any]
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    # the feature set a backtest uses unless told otherwise (`training.backtest.FEATURE_SETS`)
+    # the feature set a backtest uses unless told otherwise (`training.backtest_config.FEATURE_SETS`)
     feature_set: str = "default"
 
     @property

@@ -17,7 +17,7 @@ What still differs from the Momentum Transformer as its walkthrough describes it
 * The walkthrough gives the chosen hyperparameters, not the grid; the grid is the authors'
   reference ``hp_grid.py`` (``grids.DMN_TFT_*``), on which every chosen value lies.
 * Neither the number of random-search trials nor of seeds is given; the ``paper`` protocol's
-  (``training.backtest.PROTOCOLS``) are this project's choice, its 300 epochs the walkthrough's.
+  (``training.backtest_config.PROTOCOLS``) are this project's choice, its 300 epochs the walkthrough's.
 """
 
 from __future__ import annotations
