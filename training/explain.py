@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from momentum.sizing import Sizer
 from training.datasets import Layout, ModelData, SpatioTemporalLayout
 from training.models.slp import Slp
 from training.models.tft import Tft, TftOutput
@@ -405,6 +406,7 @@ def permutation_importance(
     feature_names: Sequence[str],
     n_repeats: int = 5,
     seed: int = 0,
+    sizer: Sizer = "identity",
 ) -> pd.DataFrame:
     """Drop in validation Sharpe when one feature is shuffled across dates (Boutier 2023).
 
@@ -431,6 +433,9 @@ def permutation_importance(
         Permutations per feature.
     seed : int
         Seed of the permutations; the same seed gives the same frame.
+    sizer : str
+        How outputs become positions (`momentum.sizing`): ``"sign"`` for a model trained
+        on the mse or binary objective, so the Sharpe is of what it trades.
 
     Returns
     -------
@@ -444,7 +449,7 @@ def permutation_importance(
     rows = _check_rows(rows, data.x.shape[0])
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 1:
         raise ValueError(f"`n_repeats` must be a positive integer, got {n_repeats!r}")
-    baseline = validation_sharpe(model, layout, data, rows)
+    baseline = validation_sharpe(model, layout, data, rows, sizer=sizer)
     if not np.isfinite(baseline):
         raise ValueError(
             "the baseline Sharpe on `rows` is undefined (fewer than 2 dates with positions, or "
@@ -456,7 +461,7 @@ def permutation_importance(
     for j in range(len(names)):
         for k in range(n_repeats):
             shuffled = dataclasses.replace(data, x=_permute_feature(data.x, j, dates, rng))
-            permuted[j, k] = validation_sharpe(model, layout, shuffled, rows)
+            permuted[j, k] = validation_sharpe(model, layout, shuffled, rows, sizer=sizer)
     drops = baseline - permuted  # (d, n_repeats)
     return pd.DataFrame(
         {

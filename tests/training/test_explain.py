@@ -514,3 +514,16 @@ def test_tft_summary_reads_the_decision_step_of_each_window() -> None:
         expected = np.zeros(8)
         expected[: len(lags)] = lags
         np.testing.assert_allclose(summary["attention_by_lag"]["mean"], expected, atol=1e-6)
+
+
+def test_permutation_importance_scores_what_a_sign_sized_model_trades() -> None:
+    data = _sign_data()
+    model = _one_feature_slp()
+    with torch.no_grad():  # a small bias: longs and shorts of unequal size, the same signs
+        model.dense.bias.fill_(0.5)
+    layout = SpatioTemporalLayout(2)
+    rows = label_rows(1, 200)
+    sized = permutation_importance(model, layout, data, rows, ["a", "sign", "b"], sizer="sign")
+    baseline = validation_sharpe(model, layout, data, rows, sizer="sign")
+    assert (sized["baseline_sharpe"] == baseline).all()
+    assert baseline != validation_sharpe(model, layout, data, rows)
